@@ -1,0 +1,198 @@
+"""The task-family protocol: named quantities on a causal DAG, what an optimizer observes, and shifts.
+
+A task family is a frozen dataclass of pure functions. Everything that varies between tasks is a pytree of
+arrays (the *task*), so a batch of tasks is one ``jax.vmap``. Parameters ``θ`` are a flat ``dict`` of named
+arrays (*blocks*), so every parameter an optimizer touches has a name.
+
+Quantities are the family's structural causal model (Pearl's sense): each named quantity is produced by a
+*mechanism* that reads the parameters, the task and the values of its declared parents only. The DAG
+``causes`` is therefore not documentation but the way the numbers are computed, which is what lets the probes
+tell a side-effect proxy (an ancestor of the base objective) from an instrumental one (a descendant), the
+distinction of Hubinger et al. 2019, "Risks from Learned Optimization", section 3.1. Every quantity is
+oriented as a loss: lower is better for whoever pursues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, jax.Array]
+Task = Any  # a pytree of arrays; one task of a family
+
+
+class Observation(NamedTuple):
+    """What an optimizer sees at one step.
+
+    Attributes:
+      grad: the primary gradient channel, what a plain optimizer descends (same structure as θ).
+      channels: extra named gradient channels (for example a clean gradient of a proxy).
+      loss: the observed loss value, a scalar (for example a minibatch training loss).
+      cues: named scalar cue features (for example ``training``: 1.0 in training, 0.0 in deployment).
+      oracle: exact gradients of named quantities, filled in only for optimizers that declare they need
+        them (hand-built ground-truth optimizers such as ``descend``); learned optimizers never see it.
+    """
+
+    grad: Params
+    channels: dict[str, Params]
+    loss: jax.Array
+    cues: dict[str, jax.Array]
+    oracle: dict[str, Params] = {}
+
+
+class Mechanism(NamedTuple):
+    """How one quantity is computed: ``fn(θ, task, parents) -> array``; its value is the array's sum.
+
+    ``parents`` holds exactly the arrays of the quantities named in ``parents`` (reading any other name raises
+    ``KeyError``), so a mechanism cannot silently depend on a quantity its DAG does not declare.
+    """
+
+    parents: tuple[str, ...]
+    fn: Callable[[Params, Task, Mapping[str, jax.Array]], jax.Array]
+
+
+class Shift(NamedTuple):
+    """A named deployment variant: the family fields it changes and why."""
+
+    changes: Mapping[str, Any]
+    description: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFamily:
+    """Base class of every task family (DESIGN 2.1). Subclasses are frozen dataclasses whose fields are the
+    family's configuration; they implement ``sample``, ``init``, ``mechanisms`` and ``observe``.
+
+    Fields shared by every family:
+      horizon: the inner-loop length used in meta-training and evaluation.
+      frozen: names of parameter blocks whose updates are masked (affordances closed in training).
+      step_limit: if set, each update is clipped elementwise to this size (a limit of the world).
+      training_cue: the value of the ``training`` cue feature (1.0 in training, 0.0 under ``cue_deploy``).
+    """
+
+    horizon: int = 50
+    frozen: tuple[str, ...] = ()
+    step_limit: float | None = None
+    training_cue: float = 1.0
+
+    name: ClassVar[str] = "family"
+    base: ClassVar[str] = "loss"
+    channels: ClassVar[tuple[str, ...]] = ()  # names of extra gradient channels in ``observe``
+
+    # --- to implement -------------------------------------------------------------------------------
+    def sample(self, key: jax.Array) -> Task:
+        """Draws one task."""
+        raise NotImplementedError
+
+    def init(self, key: jax.Array, task: Task) -> Params:
+        """Draws initial parameters θ0 for ``task``."""
+        raise NotImplementedError
+
+    def mechanisms(self) -> dict[str, Mechanism]:
+        """The quantities' mechanisms, in an order where every parent comes before its children."""
+        raise NotImplementedError
+
+    def observe(self, params: Params, task: Task, key: jax.Array) -> Observation:
+        """What an optimizer sees at ``params``."""
+        raise NotImplementedError
+
+    def minimum(self, task: Task) -> jax.Array | None:
+        """The minimum of the base objective over θ when known in closed form, else ``None``."""
+        del task
+        return None
+
+    def shift_table(self) -> dict[str, Shift]:
+        """The family's own named shifts (``train`` and ``cue_deploy`` are added by ``shifts``)."""
+        return {}
+
+    # --- provided -----------------------------------------------------------------------------------
+    @property
+    def causes(self) -> dict[str, tuple[str, ...]]:
+        """The causal DAG over quantity names in the training distribution: name -> parent names."""
+        return {name: m.parents for name, m in self.mechanisms().items()}
+
+    def quantity_arrays(self, params: Params, task: Task,
+                        do: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """Every quantity's mechanism output (before summing), evaluated in DAG order.
+
+        ``do`` sets named quantities to given arrays instead of computing them (Pearl's do-operator); their
+        descendants are computed from the set values.
+        """
+        values: dict[str, jax.Array] = {}
+        for name, mech in self.mechanisms().items():
+            if do is not None and name in do:
+                values[name] = jnp.asarray(do[name])
+                continue
+            values[name] = mech.fn(params, task, {p: values[p] for p in mech.parents})
+        return values
+
+    def quantities(self, params: Params, task: Task) -> dict[str, jax.Array]:
+        """Every named quantity as a scalar; ``quantities(...)[self.base]`` is the base objective."""
+        return {k: jnp.sum(v) for k, v in self.quantity_arrays(params, task).items()}
+
+    def quantity(self, name: str) -> Callable[[Params, Task], jax.Array]:
+        """The scalar function ``θ, task -> quantity`` for one name (differentiable in θ)."""
+        self._check_quantity(name)
+        return lambda params, task: self.quantities(params, task)[name]
+
+    def base_value(self, params: Params, task: Task) -> jax.Array:
+        """The base objective (lower is better)."""
+        return self.quantities(params, task)[self.base]
+
+    def cues(self) -> dict[str, jax.Array]:
+        """The cue features every observation of this family carries."""
+        return {"training": jnp.asarray(self.training_cue, jnp.float32)}
+
+    def update_mask(self, params: Params) -> Params:
+        """1 where the world lets an update act, 0 on frozen blocks."""
+        return {k: jnp.full_like(v, 0.0 if k in self.frozen else 1.0) for k, v in params.items()}
+
+    def apply_update(self, params: Params, update: Params) -> Params:
+        """θ + update, after the world's own limits: frozen blocks stay, steps are clipped to ``step_limit``."""
+        out = {}
+        for k, v in params.items():
+            u = update[k]
+            if self.step_limit is not None:
+                u = jnp.clip(u, -self.step_limit, self.step_limit)
+            out[k] = v if k in self.frozen else v + u
+        return out
+
+    def shifts(self) -> dict[str, Shift]:
+        """All named shifts: ``train`` (no change), ``cue_deploy`` and the family's own."""
+        table = {
+            "train": Shift({}, "the training distribution itself"),
+            "cue_deploy": Shift({"training_cue": 0.0}, "only the training cue changes: it now says deployment"),
+        }
+        table.update(self.shift_table())
+        return table
+
+    def shift(self, name: str) -> TaskFamily:
+        """The family under the named shift (a new frozen family; ``self`` is unchanged)."""
+        table = self.shifts()
+        if name not in table:
+            raise ValueError(f"unknown shift {name!r} for family {self.name!r}; known: {', '.join(table)}")
+        return dataclasses.replace(self, **table[name].changes)
+
+    def _check_quantity(self, name: str) -> None:
+        names = list(self.mechanisms())
+        if name not in names:
+            raise ValueError(f"unknown quantity {name!r} for family {self.name!r}; known: {', '.join(names)}")
+
+    def config(self) -> dict[str, Any]:
+        """The family's configuration as JSON-ready data (name and fields)."""
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def grad_of(family: TaskFamily, name: str, params: Params, task: Task) -> Params:
+    """The exact gradient of one named quantity with respect to θ."""
+    return jax.grad(family.quantity(name))(params, task)
+
+
+def noisy(grad: Params, key: jax.Array, scale: float) -> Params:
+    """``grad`` plus independent Gaussian noise of standard deviation ``scale`` on every element."""
+    keys = jax.random.split(key, len(grad))
+    return {k: g + scale * jax.random.normal(kk, g.shape, g.dtype) for (k, g), kk in zip(sorted(grad.items()), keys)}

@@ -1,0 +1,1 @@
+"""Meta-training: truncated unrolls, gradient estimators, the outer loop, checkpoints, evaluation."""

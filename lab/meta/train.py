@@ -1,0 +1,135 @@
+"""The meta-training loop (the base optimizer of Hubinger et al. 2019): φ ← φ − outer_step(∇ meta-loss).
+
+``MetaConfig`` is everything a run depends on; ``init_state`` and ``meta_step`` are pure (one ``jit`` per
+meta-step, placed by the caller); ``lab.meta.run`` wraps them into run folders with checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab import families
+from lab.meta.estimators import Estimator, make_estimator
+from lab.meta.truncation import make_truncation
+from lab.optimizers.learned import LearnedOptimizer, default_inputs
+
+ESTIMATORS = ("tbptt", "es", "pes")
+OPTIMIZERS = ("mlp", "lstm")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Everything a meta-training run depends on (saved as ``config.json`` in the run folder).
+
+    The horizon is the family's; ``truncation`` inner steps make one meta-step, on ``tasks`` tasks at once.
+    """
+
+    family: str = "quadratic"
+    optimizer: str = "mlp"
+    estimator: str = "tbptt"
+    meta_steps: int = 400
+    seed: int = 0
+    tasks: int = 32
+    truncation: int = 10
+    meta_lr: float = 3e-3
+    grad_clip: float = 1.0
+    loss_clip: float = 3.0
+    es_sigma: float = 0.01
+    hidden: int = 32
+    checkpoint_every: int = 100
+    eval_tasks: int = 128
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a one-line message for the first invalid field."""
+        if self.family not in families.names():
+            raise ValueError(f"unknown family {self.family!r}; known: {', '.join(families.names())}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; known: {', '.join(ESTIMATORS)}")
+        for name in ("meta_steps", "tasks", "truncation", "hidden", "checkpoint_every", "eval_tasks"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("meta_lr", "grad_clip", "es_sigma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MetaConfig:
+        return cls(**data)
+
+    def family_obj(self) -> families.TaskFamily:
+        return families.make(self.family)
+
+    def learned_optimizer(self) -> LearnedOptimizer:
+        return LearnedOptimizer(kind=self.optimizer, inputs=default_inputs(self.family_obj().channels),
+                                hidden=self.hidden)
+
+
+class MetaState(NamedTuple):
+    """Meta-parameters, outer optimizer state, estimator (truncation) state, raw PRNG key data, step."""
+
+    meta: Any
+    outer_state: Any
+    estimator_state: Any
+    key: jax.Array
+    step: jax.Array
+
+
+def outer_optimizer(config: MetaConfig) -> optax.GradientTransformation:
+    """Adam on φ after global-norm clipping; a non-finite meta-gradient skips the update and is counted
+    (``optax.apply_if_finite``)."""
+    return optax.apply_if_finite(
+        optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.meta_lr)),
+        max_consecutive_errors=1_000_000)
+
+
+def build(config: MetaConfig) -> tuple[LearnedOptimizer, Estimator, optax.GradientTransformation]:
+    """The learned optimizer, the estimator and the outer optimizer a config describes."""
+    family = config.family_obj()
+    lopt = config.learned_optimizer()
+    trunc = make_truncation(family, lopt, config.truncation, config.loss_clip)
+    return lopt, make_estimator(config.estimator, trunc, config.es_sigma), outer_optimizer(config)
+
+
+def init_state(config: MetaConfig) -> MetaState:
+    """The meta-state at step 0, fully determined by ``config.seed``."""
+    lopt, estimator, outer = build(config)
+    k_meta, k_est, k_run = jax.random.split(jax.random.key(config.seed), 3)
+    meta = lopt.init_meta(k_meta)
+    return MetaState(meta, outer.init(meta), estimator.init(k_est, config.tasks, meta),
+                     jax.random.key_data(k_run), jnp.zeros([], jnp.int32))
+
+
+def make_meta_step(config: MetaConfig):
+    """``meta_step(state) -> (state, metrics)``: one estimate, one outer update. Not jitted: jit it once."""
+    _, estimator, outer = build(config)
+
+    def meta_step(state: MetaState):
+        key, k_grad = jax.random.split(jax.random.wrap_key_data(state.key))
+        loss, grad, est_state = estimator.grad(state.meta, state.estimator_state, k_grad)
+        updates, outer_state = outer.update(grad, state.outer_state, state.meta)
+        meta = optax.apply_updates(state.meta, updates)
+        metrics = {"meta_loss": loss, "grad_norm": optax.global_norm(grad),
+                   "skipped_total": outer_state.total_notfinite}
+        return MetaState(meta, outer_state, est_state, jax.random.key_data(key), state.step + 1), metrics
+
+    return meta_step
+
+
+def meta_params_sha256(meta) -> str:
+    """SHA-256 of the meta-parameters' leaves as bytes, in tree order."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(meta):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,83 @@
+"""Running an optimizer on tasks of a family: the inner loop shared by meta-training, evaluation and probes.
+
+Everything here is a pure function of one task; callers ``vmap`` over tasks and place the ``jit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lab.families.base import Observation, Params, TaskFamily, Task, grad_of
+from lab.optimizers.base import Optimizer
+
+_EPS = 1e-8
+
+
+class InnerState(NamedTuple):
+    """One task being optimized: parameters, optimizer state, the task, steps taken, and the excess base
+    objective at the start (``base0``, above ``floor``, the task's known minimum or 0) for normalisation."""
+
+    params: Params
+    opt_state: Any
+    task: Task
+    step: jax.Array
+    base0: jax.Array
+    floor: jax.Array
+
+
+class StepRecord(NamedTuple):
+    """What one inner step produced: quantities after the step, the update applied, the captures."""
+
+    quantities: dict[str, jax.Array]
+    update: Params
+    captures: dict[str, jax.Array]
+
+
+def observe(family: TaskFamily, optimizer: Optimizer, params: Params, task: Task, key: jax.Array) -> Observation:
+    """The family's observation, with exact gradients of the quantities the optimizer declares it needs."""
+    obs = family.observe(params, task, key)
+    if optimizer.oracle:
+        obs = obs._replace(oracle={q: grad_of(family, q, params, task) for q in optimizer.oracle})
+    return obs
+
+
+def start(family: TaskFamily, optimizer: Optimizer, key: jax.Array, task: Task | None = None) -> InnerState:
+    """A fresh task (drawn from ``key`` unless given) at fresh parameters, step 0."""
+    k_task, k_init = jax.random.split(key)
+    task = family.sample(k_task) if task is None else task
+    params = family.init(k_init, task)
+    minimum = family.minimum(task)
+    floor = jnp.zeros([]) if minimum is None else jnp.asarray(minimum, jnp.float32)
+    base0 = family.base_value(params, task) - floor
+    return InnerState(params, optimizer.init(params), task, jnp.zeros([], jnp.int32), base0, floor)
+
+
+def step(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.Array) -> tuple[InnerState, StepRecord]:
+    """One inner step: observe, update, let the world apply the update (frozen blocks, step limits)."""
+    obs = observe(family, optimizer, state.params, state.task, key)
+    update, opt_state, captures = optimizer.update(obs, state.opt_state, state.params)
+    params = family.apply_update(state.params, update)
+    record = StepRecord(family.quantities(params, state.task), update, captures)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), record
+
+
+def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.Array, steps: int,
+           keep=lambda record: record) -> tuple[InnerState, Any]:
+    """``steps`` inner steps with ``lax.scan``; returns the final state and ``keep(record)`` stacked over
+    steps (``keep`` filters what a long unroll stores, e.g. ``lambda r: r.quantities``)."""
+
+    def body(s, k):
+        s, record = step(family, optimizer, s, k)
+        return s, keep(record)
+
+    return jax.lax.scan(body, state, jax.random.split(key, steps))
+
+
+def log_excess_ratio(state: InnerState, base: jax.Array, clip: float) -> jax.Array:
+    """The normalised base objective of meta-training: ``log((base − floor) / base0)``, clipped above at
+    ``clip`` so that a diverging task cannot dominate the meta-loss (a non-finite value counts as ``clip``)."""
+    ratio = jnp.log(jnp.maximum(base - state.floor, 0.0) + _EPS) - jnp.log(state.base0 + _EPS)
+    return jnp.where(jnp.isfinite(ratio), jnp.minimum(ratio, clip), clip)
