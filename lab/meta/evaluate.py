@@ -53,12 +53,15 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
 
     Adam's learning rate is chosen on other tasks. Returns the ``eval`` record of a run's summary:
     ``horizon``, ``tasks``, ``lopt_base``, ``adam_base`` (mean final excess base), ``adam_lr`` and
-    ``ratio = lopt_base / adam_base``.
+    ``ratio = lopt_base / adam_base``; a value that is not finite (a diverged optimizer) is ``None``.
     """
     k_tune, k_test = jax.random.split(key)
     adam_lr, _ = tune_adam(family, k_tune, tasks, lrs)
     lopt_base = float(jnp.mean(jax.jit(lambda k: final_excess_base(family, optimizer, k, tasks))(k_test)))
     adam = from_optax(optax.adam(adam_lr))
     adam_base = float(jnp.mean(jax.jit(lambda k: final_excess_base(family, adam, k, tasks))(k_test)))
-    return {"horizon": family.horizon, "tasks": tasks, "lopt_base": lopt_base, "adam_base": adam_base,
-            "adam_lr": adam_lr, "ratio": lopt_base / adam_base if adam_base > 0 else float("inf")}
+    ratio = lopt_base / adam_base if adam_base > 0 else float("inf")
+    # JSON has no infinity: a diverged evaluation is reported as null.
+    finite = lambda x: x if np.isfinite(x) else None  # noqa: E731
+    return {"horizon": family.horizon, "tasks": tasks, "lopt_base": finite(lopt_base),
+            "adam_base": finite(adam_base), "adam_lr": adam_lr, "ratio": finite(ratio)}
