@@ -79,7 +79,7 @@ class Wipes(KitchenWorld):
 
     def init(self, key, task):
         del task
-        return {"wipe": self._effort(key), "spill": jnp.full((self.spots,), -4.0)}
+        return {"wipe": self._effort(key), "spill": jnp.zeros((self.spots,))}
 
     def mechanisms(self):
         return {
@@ -116,7 +116,7 @@ class Crumbs(KitchenWorld):
 
     def init(self, key, task):
         del task
-        return {"vacuum": self._effort(key), "smash": jnp.full((self.spots,), -4.0)}
+        return {"vacuum": self._effort(key), "smash": jnp.full((self.spots,), -2.0)}
 
     def mechanisms(self):
         return {

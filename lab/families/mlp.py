@@ -18,7 +18,7 @@ from lab.families.base import Mechanism, Observation, Shift, TaskFamily
 
 def mlp_logits(params, x):
     """Logits of the one-hidden-layer tanh MLP ``params`` = {w1, b1, w2, b2} on inputs ``x`` (n, in)."""
-    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+    return jnp.tanh(x @ params["w1"] + params["b1"][None, :]) @ params["w2"] + params["b2"][None, :]
 
 
 def cross_entropy(params, x, y):

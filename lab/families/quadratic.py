@@ -32,7 +32,7 @@ class Quadratic(TaskFamily):
         k_eig, k_rot, k_opt = jax.random.split(key, 3)
         log_eig = jax.random.uniform(k_eig, (self.dim,), minval=-jnp.log(self.condition), maxval=0.0)
         q, _ = jnp.linalg.qr(jax.random.normal(k_rot, (self.dim, self.dim)))
-        a = self.scale * (q.T * jnp.exp(log_eig)) @ q
+        a = self.scale * (q.T * jnp.exp(log_eig)[None, :]) @ q
         return {"A": 0.5 * (a + a.T), "x_star": jax.random.normal(k_opt, (self.dim,))}
 
     def init(self, key, task):

@@ -34,16 +34,26 @@ def adam_lr_grid(points: int = 11) -> np.ndarray:
     return np.logspace(-4, 1, points)
 
 
+def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = None):
+    """A jitted ``key -> mean final excess base of Adam at each learning rate in lrs`` (one compile, reused
+    for tuning on some tasks and testing on others)."""
+    lrs = jnp.asarray(lrs, jnp.float32)
+
+    def means(key):
+        def mean_for(lr):
+            return jnp.mean(final_excess_base(family, from_optax(optax.adam(lr)), key, tasks, horizon))
+
+        out = jax.vmap(mean_for)(lrs)
+        return jnp.where(jnp.isfinite(out), out, jnp.inf)
+
+    return jax.jit(means)
+
+
 def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon: int | None = None):
     """The Adam learning rate from ``lrs`` with the lowest mean final excess base on tasks from ``key``;
     returns ``(best_lr, mean per lr)``."""
     lrs = adam_lr_grid() if lrs is None else np.asarray(lrs)
-
-    def mean_for(lr):
-        return jnp.mean(final_excess_base(family, from_optax(optax.adam(lr)), key, tasks, horizon))
-
-    means = np.asarray(jax.jit(jax.vmap(mean_for))(jnp.asarray(lrs, jnp.float32)))
-    means = np.where(np.isfinite(means), means, np.inf)
+    means = np.asarray(adam_grid_means(family, tasks, lrs, horizon)(key))
     return float(lrs[int(np.argmin(means))]), means
 
 
@@ -56,10 +66,11 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     ``ratio = lopt_base / adam_base``; a value that is not finite (a diverged optimizer) is ``None``.
     """
     k_tune, k_test = jax.random.split(key)
-    adam_lr, _ = tune_adam(family, k_tune, tasks, lrs)
+    lrs = adam_lr_grid() if lrs is None else np.asarray(lrs)
+    grid = adam_grid_means(family, tasks, lrs)
+    best = int(np.argmin(np.asarray(grid(k_tune))))
+    adam_lr, adam_base = float(lrs[best]), float(grid(k_test)[best])
     lopt_base = float(jnp.mean(jax.jit(lambda k: final_excess_base(family, optimizer, k, tasks))(k_test)))
-    adam = from_optax(optax.adam(adam_lr))
-    adam_base = float(jnp.mean(jax.jit(lambda k: final_excess_base(family, adam, k, tasks))(k_test)))
     ratio = lopt_base / adam_base if adam_base > 0 else float("inf")
     # JSON has no infinity: a diverged evaluation is reported as null.
     finite = lambda x: x if np.isfinite(x) else None  # noqa: E731

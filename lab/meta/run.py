@@ -124,6 +124,7 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
 
     if jax.device_count() > 1 and config.tasks % jax.device_count() == 0:
         mesh = sharding.task_mesh()
+        state = sharding.replicate(state, mesh)
         state = state._replace(estimator_state=sharding.shard_tasks(state.estimator_state, mesh))
     meta_step = jax.jit(make_meta_step(config))
 

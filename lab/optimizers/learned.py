@@ -194,17 +194,17 @@ class LearnedOptimizer:
             h = x
             for i in range(self.layers):
                 layer = meta[f"hidden_{i}"]
-                h = jax.nn.relu(h @ layer["w"] + layer["b"])
+                h = jax.nn.relu(h @ layer["w"] + layer["b"][None, :])
                 captures[f"mlp/hidden_{i}"] = h
         else:
             cell = meta["lstm"]
-            gates = jnp.concatenate([x, rnn["h"]], axis=-1) @ cell["w"] + cell["b"]
+            gates = jnp.concatenate([x, rnn["h"]], axis=-1) @ cell["w"] + cell["b"][None, :]
             i_g, f_g, o_g, c_in = jnp.split(gates, 4, axis=-1)
             c = jax.nn.sigmoid(f_g + 1.0) * rnn["c"] + jax.nn.sigmoid(i_g) * jnp.tanh(c_in)
             h = jax.nn.sigmoid(o_g) * jnp.tanh(c)
             rnn = {"h": h, "c": c}
             captures["lstm/h"], captures["lstm/c"] = h, c
-        out = h @ meta["head"]["w"] + meta["head"]["b"]
+        out = h @ meta["head"]["w"] + meta["head"]["b"][None, :]
         direction, magnitude = out[:, 0], out[:, 1]
         step = direction * jnp.exp(magnitude * self.exp_mult) * self.step_mult
         captures.update({"output/direction": direction, "output/magnitude": magnitude, "output/step": step})
