@@ -8,22 +8,15 @@ newest checkpoint in OUT. Bad input ends with a one-line error and exit code 2, 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from lab import families
+from lab.io import OneLineParser
 from lab.meta.run import RunError, prepare, train
 from lab.meta.train import ESTIMATORS, OPTIMIZERS, MetaConfig
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block) with exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:

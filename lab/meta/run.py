@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lab import sharding
+from lab.io import write_json_atomic
 from lab.meta.evaluate import compare_with_adam
-from lab.meta.train import MetaConfig, MetaState, build, init_state, make_meta_step, meta_params_sha256
+from lab.meta.train import MetaConfig, MetaState, build, distribute, init_state, make_meta_step, meta_params_sha256
 
 # Fields that may differ when a run is resumed: they do not change the trajectory of the meta-parameters.
 RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every", "eval_tasks")
@@ -27,19 +27,6 @@ RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every", "eval_tasks")
 
 class RunError(Exception):
     """A problem with the user's request, reported as one line."""
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _config_mismatch(saved: dict, config: MetaConfig) -> list[str]:
@@ -122,10 +109,7 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
     metrics_path = out / "metrics.jsonl"
     _trim_metrics(metrics_path, start)
 
-    if jax.device_count() > 1 and config.tasks % jax.device_count() == 0:
-        mesh = sharding.task_mesh()
-        state = sharding.replicate(state, mesh)
-        state = state._replace(estimator_state=sharding.shard_tasks(state.estimator_state, mesh))
+    state = distribute(state, config)
     meta_step = jax.jit(make_meta_step(config))
 
     with open(metrics_path, "a") as log:

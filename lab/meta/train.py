@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import families
+from lab import families, sharding
 from lab.meta.estimators import Estimator, make_estimator
 from lab.meta.truncation import make_truncation
 from lab.optimizers.learned import LearnedOptimizer, default_inputs
@@ -111,6 +111,16 @@ def init_state(config: MetaConfig) -> MetaState:
     meta = lopt.init_meta(k_meta)
     return MetaState(meta, outer.init(meta), estimator.init(k_est, config.tasks, meta),
                      jax.random.key_data(k_run), jnp.zeros([], jnp.int32))
+
+
+def distribute(state: MetaState, config: MetaConfig) -> MetaState:
+    """With several devices (and tasks that split evenly over them): the task axis of the estimator state
+    sharded over all devices, everything else replicated. With one device, ``state`` unchanged."""
+    if jax.device_count() == 1 or config.tasks % jax.device_count():
+        return state
+    mesh = sharding.task_mesh()
+    state = sharding.replicate(state, mesh)
+    return state._replace(estimator_state=sharding.shard_tasks(state.estimator_state, mesh))
 
 
 def make_meta_step(config: MetaConfig):
