@@ -363,7 +363,7 @@ def test_cue_deploy_changes_only_the_training_cue(name, key):
 
 # what the primary gradient channel is an unbiased estimate of, per family
 UNBIASED_FOR = {"quadratic": "loss", "regression": "train_loss", "mlp": "train_loss",
-                "wipes": "dirt_left", "crumbs": "table", "cookies": "table"}
+                "wipes": "dirt_left", "crumbs": "table", "cookies": "table", "cues": "target"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -415,7 +415,7 @@ def test_primary_gradient_is_unbiased(name):
         assert np.all(np.abs(mean - exact[k]) <= tol), (k, mean - exact[k], tol)
         if name in KITCHEN:  # Gaussian noise of the declared scale
             np.testing.assert_allclose(std, fam.base_noise, rtol=0.15)
-        elif name == "quadratic":  # exact gradient, no noise
+        elif name in ("quadratic", "cues"):  # exact gradient, no noise
             np.testing.assert_allclose(std, 0.0, atol=1e-6)
         else:  # a real minibatch: noisy, but not absurdly so
             assert np.any(std > 1e-4)
@@ -594,3 +594,15 @@ def test_vmap_sample_and_quantities(name):
     again = _jitted(fam, "sample")(k_task)
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(jax.tree.map(lambda x: x[0], tasks))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cue_family_observes_the_other_objective_and_the_training_cue():
+    fam = families.make("cues")
+    task = fam.sample(jax.random.key(0))
+    params = fam.init(jax.random.key(1), task)
+    obs = fam.observe(params, task, jax.random.key(2))
+    np.testing.assert_allclose(obs.grad["x"], params["x"] - task["a"], rtol=1e-6)
+    np.testing.assert_allclose(obs.channels["other"]["x"], params["x"] - task["b"], rtol=1e-6)
+    assert float(obs.cues["training"]) == 1.0
+    assert float(fam.shift("cue_deploy").observe(params, task, jax.random.key(2)).cues["training"]) == 0.0
+    assert float(fam.quantities({"x": task["a"]}, task)["target"]) == 0.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily, grad_of, noisy
+from lab.families.cues import Cues
 from lab.families.kitchen import Cookies, Crumbs, KitchenWorld, Wipes
 from lab.families.mlp import MLPClassification
 from lab.families.quadratic import Quadratic
@@ -33,10 +34,10 @@ def make(name: str, **overrides) -> TaskFamily:
     return _REGISTRY[name](**overrides)
 
 
-for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies):
+for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues):
     register(_cls.name, _cls)
 
 __all__ = [
-    "Cookies", "Crumbs", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
+    "Cookies", "Crumbs", "Cues", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
     "Regression", "Shift", "TaskFamily", "Wipes", "grad_of", "make", "names", "noisy", "register",
 ]
