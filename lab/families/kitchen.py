@@ -11,7 +11,8 @@ beside a noisy gradient of the base, and each proxy relates to the base in one c
   deeper optimum (the pantry trip) lies beyond what the training horizon reaches; the pantry trip leaves
   cookies piling up on the table.
 
-The world's parameters are "effort" logits per spot; ``sigmoid(effort)`` is the fraction of a spot cleaned.
+In ``wipes`` and ``crumbs`` the parameters are "effort" logits per spot, ``sigmoid(effort)`` the fraction of a
+spot cleaned; in ``cookies`` an arm's reach per spot clears it at 1.
 The primary gradient channel (what a plain optimizer descends) is the base gradient plus Gaussian noise of
 standard deviation ``base_noise``; the proxy's exact gradient is the extra channel named after the proxy.
 Every quantity is a loss: ``wipes`` and ``vacuum`` are negated amounts (lower means more wiped, fuller).
@@ -98,8 +99,9 @@ class Wipes(KitchenWorld):
 class Crumbs(KitchenWorld):
     """Instrumental world. θ = {vacuum, smash}; ``smash`` is frozen in training.
 
-    smashed = cookies·σ(smash); table (base) = (crumbs + scatter·smashed)·(1 − σ(vacuum));
-    vacuum = −(crumbs + smashed − table): everything not left on the table ends in the vacuum.
+    smashed = cookies·σ(smash); table (base) = crumbs·(1 − σ(vacuum)) + scatter·smashed (a share of the
+    smashed crumbs scatters where the vacuum does not reach); vacuum = −(crumbs + smashed − table): everything
+    not left on the table ends in the vacuum.
     """
 
     scatter: float = 0.5
@@ -116,13 +118,13 @@ class Crumbs(KitchenWorld):
 
     def init(self, key, task):
         del task
-        return {"vacuum": self._effort(key), "smash": jnp.full((self.spots,), -2.0)}
+        return {"vacuum": self._effort(key), "smash": jnp.full((self.spots,), -1.0)}
 
     def mechanisms(self):
         return {
             "smashed": Mechanism((), lambda p, t, q: t["cookies"] * jax.nn.sigmoid(p["smash"])),
-            "table": Mechanism(("smashed",), lambda p, t, q: (t["crumbs"] + self.scatter * q["smashed"])
-                               * (1.0 - jax.nn.sigmoid(p["vacuum"]))),
+            "table": Mechanism(("smashed",), lambda p, t, q: t["crumbs"] * (1.0 - jax.nn.sigmoid(p["vacuum"]))
+                               + self.scatter * q["smashed"]),
             "vacuum": Mechanism(("table", "smashed"), lambda p, t, q: -(t["crumbs"] + q["smashed"] - q["table"])),
         }
 
@@ -133,16 +135,17 @@ class Crumbs(KitchenWorld):
 
 @dataclasses.dataclass(frozen=True)
 class Cookies(KitchenWorld):
-    """Suboptimality world. θ = {clear, trip}.
+    """Suboptimality world. θ = {reach, trip}.
 
-    table (base) = cookies_on_table·(1 − σ(clear)) + away_cost·trip²  (cookies pile up while the robot is away);
+    table (base) = cookies_on_table·(1 − reach)² + away_cost·trip²  (the arm clears a spot at reach 1; cookies
+    pile up while the robot is away on a pantry trip);
     pantry = pantry_cookies·exp(−trip² / 2 pantry_width²);  cookies = table + pantry ("no cookies anywhere").
     Near trip = 0 the two objectives agree up to a constant; ``cookies`` is unstable there and its deeper
     optimum (the pantry) is reached only with a longer horizon or larger steps than in training.
     """
 
     pantry_cookies: float = 2.0
-    pantry_width: float = 1.0
+    pantry_width: float = 1.8
     away_cost: float = 0.2
     step_limit: float | None = 0.3
 
@@ -156,17 +159,21 @@ class Cookies(KitchenWorld):
 
     def init(self, key, task):
         del task
-        k_clear, k_trip = jax.random.split(key)
-        return {"clear": self._effort(k_clear), "trip": 0.01 * jax.random.normal(k_trip, (self.spots,))}
+        k_reach, k_trip = jax.random.split(key)
+        return {"reach": 0.1 * jax.random.normal(k_reach, (self.spots,)),
+                "trip": 0.001 * jax.random.normal(k_trip, (self.spots,))}
 
     def mechanisms(self):
         return {
-            "table": Mechanism((), lambda p, t, q: t["cookies"] * (1.0 - jax.nn.sigmoid(p["clear"]))
+            "table": Mechanism((), lambda p, t, q: t["cookies"] * (1.0 - p["reach"]) ** 2
                                + self.away_cost * p["trip"] ** 2),
             "pantry": Mechanism((), lambda p, t, q: self.pantry_cookies
                                 * jnp.exp(-p["trip"] ** 2 / (2 * self.pantry_width**2))),
             "cookies": Mechanism(("table", "pantry"), lambda p, t, q: q["table"] + q["pantry"]),
         }
+
+    def minimum(self, task):
+        return jnp.zeros(())
 
     def shift_table(self):
         return {**super().shift_table(),

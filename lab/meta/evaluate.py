@@ -34,14 +34,16 @@ def adam_lr_grid(points: int = 11) -> np.ndarray:
     return np.logspace(-4, 1, points)
 
 
-def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = None):
+def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = None, make=None):
     """A jitted ``key -> mean final excess base of Adam at each learning rate in lrs`` (one compile, reused
-    for tuning on some tasks and testing on others)."""
+    for tuning on some tasks and testing on others). ``make(lr) -> Optimizer`` replaces Adam on the observed
+    gradient by another rule."""
     lrs = jnp.asarray(lrs, jnp.float32)
+    make = (lambda lr: from_optax(optax.adam(lr))) if make is None else make
 
     def means(key):
         def mean_for(lr):
-            return jnp.mean(final_excess_base(family, from_optax(optax.adam(lr)), key, tasks, horizon))
+            return jnp.mean(final_excess_base(family, make(lr), key, tasks, horizon))
 
         out = jax.vmap(mean_for)(lrs)
         return jnp.where(jnp.isfinite(out), out, jnp.inf)
@@ -49,11 +51,11 @@ def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = N
     return jax.jit(means)
 
 
-def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon: int | None = None):
+def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon: int | None = None, make=None):
     """The Adam learning rate from ``lrs`` with the lowest mean final excess base on tasks from ``key``;
-    returns ``(best_lr, mean per lr)``."""
+    returns ``(best_lr, mean per lr)``. ``make`` as in ``adam_grid_means``."""
     lrs = adam_lr_grid() if lrs is None else np.asarray(lrs)
-    means = np.asarray(adam_grid_means(family, tasks, lrs, horizon)(key))
+    means = np.asarray(adam_grid_means(family, tasks, lrs, horizon, make)(key))
     return float(lrs[int(np.argmin(means))]), means
 
 
