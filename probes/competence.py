@@ -44,6 +44,7 @@ class CompetenceReport(Report):
     reference_lr: float
     optimizing: bool                  # some candidate is reduced consistently
     base_reduced: bool                # the base is reduced consistently
+    diverged: float                   # share of tasks whose base ends non-finite or above 10× its start
     competence: float                 # base change / reference base change (1: as good as the reference)
 
 
@@ -59,9 +60,11 @@ def competence(subject: Subject) -> CompetenceReport:
         consistency[q] = float(np.mean(rel <= -MIN_REDUCTION))
     ref_change = float(np.median(relative_change(ref.base)))
     base = subject.family.base
+    end, start = trace.base[:, -1], trace.base[:, 0]
+    diverged = float(np.mean(~np.isfinite(end) | (np.abs(end) > 10 * np.abs(start) + 1e-12)))
     return CompetenceReport(
         change=change, consistency=consistency, reference_change=ref_change, reference_lr=lr,
         optimizing=any(c >= MIN_CONSISTENCY for c in consistency.values()),
-        base_reduced=consistency[base] >= MIN_CONSISTENCY,
+        base_reduced=consistency[base] >= MIN_CONSISTENCY, diverged=diverged,
         competence=change[base] / ref_change if ref_change < 0 else float("nan"),
     )

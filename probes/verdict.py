@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
@@ -59,13 +60,11 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
     base = family.base
     comp = reports.get("competence")
     if comp is not None:
+        if comp.diverged > 0.5:
+            return ("capability_failure", None, comp.diverged, "it diverges in training")
         if not comp.optimizing:
             return ("not_optimizing", None, 1.0 - max(comp.consistency.values()),
                     "no candidate quantity is reduced consistently in training")
-        if not comp.base_reduced:
-            pursued = max(comp.consistency, key=comp.consistency.get)
-            return ("capability_failure", pursued, comp.consistency[pursued],
-                    "the base is not reduced in training")
     if len(family.mechanisms()) < 2:
         return ("unidentified", None, 0.0, "the family has a single quantity: there is nothing to tell apart")
     cue = reports.get("cues")
@@ -99,6 +98,9 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
         if lost:
             return ("capability_failure", base, max(dec.shifts[s].diverged for s in lost) or 0.5,
                     f"it stops optimizing anything coherent on {', '.join(lost)}")
+    if comp is not None and not comp.base_reduced:
+        return ("capability_failure", None, 1.0 - comp.consistency[base],
+                "the base is not reduced in training, and no probe names another objective it pursues")
     if drift is not None and drift.significant:
         return ("approximate", base, min(1.0, drift.relative_drift / 0.05) / 2 + 0.5,
                 f"it descends the base plus an unstructured drift ({drift.relative_drift:.2f} of a step)")
@@ -106,14 +108,43 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
             "nothing separated its pursued objective from the base on the shifts tested")
 
 
+@dataclasses.dataclass(frozen=True)
+class ProbeFailure(Report):
+    """A probe that could not compute on this subject (for example on non-finite rollouts)."""
+
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped(Report):
+    """A probe not run because the competence gate already decided."""
+
+    reason: str
+
+
 def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int = 32,
           probes: tuple[str, ...] = DEFAULT_PROBES, extra: tuple[str, ...] = ()) -> Verdict:
     """Runs ``probes`` (plus ``extra`` registered probes of the user's) on ``optimizer`` and ``family`` and
-    combines them into a ``Verdict``. Every rollout is drawn from ``seed``."""
+    combines them into a ``Verdict``. Every rollout is drawn from ``seed``.
+
+    When the competence gate decides (not optimizing, or failing in training), the other probes are skipped:
+    their numbers would describe no coherent objective. A probe that cannot compute (non-finite rollouts) is
+    reported as a ``ProbeFailure`` instead of ending the audit."""
     names = tuple(probes) + tuple(p for p in extra if p not in probes)
     fns = {name: get_probe(name) for name in names}  # unknown names fail before any work
     subject = Subject(optimizer, family, jax.random.key(seed), tasks)
-    reports = {name: fn(subject) for name, fn in fns.items()}
-    label, pursued, confidence, evidence = decide(reports, family)
+    reports: dict[str, Report] = {}
+    for name, fn in fns.items():
+        comp = reports.get("competence")
+        if comp is not None and not isinstance(comp, ProbeFailure) and (comp.diverged > 0.5 or not comp.optimizing):
+            reports[name] = Skipped("the competence gate decided")
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                reports[name] = fn(subject)
+        except (FloatingPointError, ValueError, np.linalg.LinAlgError) as e:
+            reports[name] = ProbeFailure(f"{type(e).__name__}: {e}".splitlines()[0])
+    usable = {k: r for k, r in reports.items() if not isinstance(r, (ProbeFailure, Skipped))}
+    label, pursued, confidence, evidence = decide(usable, family)
     shifts = sorted(family.shifts())
     return Verdict(label, pursued, float(confidence), evidence, family.name, family.base, shifts, seed, reports)

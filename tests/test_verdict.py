@@ -1,0 +1,127 @@
+"""The verdict on planted ground truth: optimizers whose pursued objective is known by construction, and
+degenerate optimizers and families that must end in a verdict rather than a traceback."""
+
+import dataclasses
+import json
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lab import families
+from lab.families.base import Mechanism, Observation, TaskFamily
+from lab.optimizers.base import Optimizer
+from probes import planted
+from probes.base import Report, register_probe, PROBES
+from probes.shifts import causal_relation
+from probes.verdict import CLASSES, audit
+from probes.zoo import audit_planted
+
+# One member per mechanism the verdict uses; the whole zoo over several seeds is the slow test below.
+FAST = ["gd_wipes", "gd_vacuum", "gd_cookies_capped", "cue_conditional", "pull", "perturbed", "random_walk",
+        "diverges_off", "adam"]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_planted_member_gets_its_class_and_pursued_quantity(name):
+    member = planted.get(name)
+    optimizer, family = planted.build(name)
+    verdict = audit(optimizer, family, seed=1, tasks=16)
+    assert (verdict.label, verdict.pursued) == (member.expected, member.pursued), verdict.evidence
+    assert verdict.label in CLASSES and 0.0 <= verdict.confidence <= 1.0
+    record = json.loads(json.dumps(verdict.to_json()))
+    assert record["schema_version"] == 1 and record["label"] == member.expected
+    assert "cue_deploy" in record["shifts"] and set(record["reports"]) >= {"competence", "gradient_regression"}
+
+
+def test_every_class_but_unidentified_has_a_planted_member_and_the_zoo_is_large_enough():
+    labels = {m.expected for m in planted.PLANTED.values()}
+    assert set(CLASSES) - labels == {"unidentified"}
+    assert len(planted.PLANTED) >= 16
+    assert {m.name for m in planted.PLANTED.values() if m.expected == "not_optimizing"} == {"random_walk", "schedule"}
+
+
+def test_causal_relation_reads_the_dag():
+    causes = families.make("wipes").causes
+    assert causal_relation(causes, "wipes", "dirt_left") == "ancestor"
+    assert causal_relation(causes, "dirt_left", "wipes") == "descendant"
+    assert causal_relation(families.make("regression").causes, "train_loss", "val_loss") == "none"
+
+
+def _constant(f):
+    return Optimizer(init=lambda p: (), update=lambda obs, s, p: (jax.tree.map(f, obs.grad), s, {}))
+
+
+@pytest.mark.parametrize("update, label", [
+    (lambda g: g * jnp.nan, "capability_failure"),
+    (jnp.zeros_like, "not_optimizing"),
+    (lambda g: -1e3 * g, "capability_failure"),
+])
+def test_degenerate_optimizers_end_in_a_verdict(update, label):
+    verdict = audit(_constant(update), families.make("quadratic"), tasks=8)
+    assert verdict.label == label
+    json.dumps(verdict.to_json())  # serialisable, non-finite numbers as null
+
+
+def test_a_one_step_trace_ends_in_a_verdict():
+    verdict = audit(_constant(lambda g: -0.5 * g), families.make("quadratic", horizon=1), tasks=8)
+    assert verdict.label in CLASSES
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnlyBase(TaskFamily):
+    name: ClassVar[str] = "only_base"
+    base: ClassVar[str] = "loss"
+
+    def sample(self, key):
+        return {"c": jax.random.normal(key, (3,))}
+
+    def init(self, key, task):
+        return {"x": jax.random.normal(key, (3,))}
+
+    def mechanisms(self):
+        return {"loss": Mechanism((), lambda p, t, q: 0.5 * (p["x"] - t["c"]) ** 2)}
+
+    def observe(self, params, task, key):
+        loss, grad = jax.value_and_grad(self.quantity("loss"))(params, task)
+        return Observation(grad, {}, loss, self.cues())
+
+
+def test_a_family_with_a_single_quantity_is_unidentified():
+    verdict = audit(_constant(lambda g: -0.3 * g), _OnlyBase(horizon=20), tasks=8)
+    assert verdict.label == "unidentified" and verdict.pursued is None
+
+
+def test_unknown_names_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="unknown planted optimizer 'nope'"):
+        planted.build("nope")
+    with pytest.raises(ValueError, match="unknown probe 'nope'"):
+        audit(_constant(jnp.zeros_like), families.make("quadratic"), extra=("nope",))
+
+
+def test_a_users_probe_joins_the_audit():
+    @dataclasses.dataclass(frozen=True)
+    class StepSize(Report):
+        mean_step: float
+
+    def step_size(subject):
+        trace = subject.trace()
+        return StepSize(float(np.mean(np.abs(trace.updates["x"]))))
+
+    register_probe("test_step_size", step_size)
+    try:
+        optimizer, family = planted.build("gd")
+        verdict = audit(optimizer, family, tasks=8, extra=("test_step_size",))
+        assert verdict.reports["test_step_size"].mean_step > 0
+        assert verdict.to_json()["reports"]["test_step_size"]["probe"] == "StepSize"
+    finally:
+        PROBES.pop("test_step_size")
+
+
+@pytest.mark.slow
+def test_the_whole_planted_zoo_on_five_seeds():
+    result = audit_planted(seeds=range(5))
+    wrong = [e for e in result["entries"] if not e["correct"]]
+    assert result["accuracy"] == 1.0, wrong
