@@ -24,7 +24,7 @@ from lab import rollout
 from probes.base import Report, Subject, quantity_gradients, register_probe
 from probes.trace import Trace
 
-IDENTIFIABLE_CONDITION = 100.0  # Gram condition numbers above this: candidates too collinear to separate
+IDENTIFIABLE_CONDITION = 100.0  # Gram condition / variance inflation above this: too collinear to separate
 BOOTSTRAP = 200
 
 
@@ -45,7 +45,8 @@ def _fit(targets: np.ndarray, design: np.ndarray):
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps,
     each (task, step) weighted by 1/‖update‖ so every step counts alike. Returns weights normalised to
-    Σ|w| = 1 with 90% bootstrap intervals over tasks, R², and the Gram condition number."""
+    Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition number, and ``aliases``:
+    candidates left out because their gradient vanishes (``None``) or is parallel to a kept one's (its name)."""
     fam = trace.family
     params = {k: v[:, :-1] for k, v in trace.params.items()}
     grads = quantity_gradients(fam, candidates, params, trace.tasks)
@@ -53,7 +54,24 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     g = np.stack([_effective(fam, grads[q], 2) for q in candidates], -1)   # (tasks, steps, P, K)
     scale = np.linalg.norm(u, axis=-1, keepdims=True)
     ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
-    u, g, scale = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12), None
+    u, g = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12)
+    # Candidates whose gradient is zero on the movable blocks, or parallel to an earlier candidate's on every
+    # row, cannot be told apart from it by any update: they are reported as aliases and left out of the fit.
+    unit = g[ok] / np.maximum(np.linalg.norm(g[ok], axis=1, keepdims=True), 1e-30)        # (rows, P, K)
+    norms = np.linalg.norm(g[ok], axis=1)                                                # (rows, K)
+    kept, aliases = [], {}
+    for k, q in enumerate(candidates):
+        if np.mean(norms[:, k] < 1e-9 * np.maximum(norms.max(axis=1), 1e-30)) > 0.99:
+            aliases[q] = None
+            continue
+        twin = next((j for j in kept if np.all(np.abs(np.einsum("rp,rp->r", unit[:, :, k], unit[:, :, j])) > 0.999)),
+                    None)
+        if twin is None:
+            kept.append(k)
+        else:
+            aliases[q] = candidates[twin]
+    all_candidates, candidates = candidates, [candidates[k] for k in kept]
+    g = g[..., kept]
 
     def fit(task_idx):
         rows = ok[task_idx]
@@ -72,24 +90,32 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
         wb, _ = fit(rng.integers(0, n, n))
         boots.append(wb / max(np.sum(np.abs(wb)), 1e-12))
     boots = np.array(boots)
-    gn = g[ok] / np.maximum(np.linalg.norm(g[ok], axis=1, keepdims=True), 1e-12)  # (rows, P, K)
+    gn = unit[..., kept]
     gram = np.einsum("rpk,rpl->kl", gn, gn) / max(len(gn), 1)
     eig = np.linalg.eigvalsh(gram) if len(gn) else np.array([np.nan])
     condition = float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
+    # Variance inflation of each weight: 1/(1 − R²) of its candidate's gradient on the others' (diag of G⁻¹
+    # for unit-norm columns); a weight is identifiable when its own inflation is moderate, whatever the rest.
+    try:
+        vif = np.diag(np.linalg.inv(gram)) if len(gn) else np.full(len(candidates), np.inf)
+    except np.linalg.LinAlgError:
+        vif = np.full(len(candidates), np.inf)
     return {
         "weights": {q: float(w[i] / norm) if norm > 0 else float("nan") for i, q in enumerate(candidates)},
         "low": {q: float(np.nanpercentile(boots[:, i], 5)) for i, q in enumerate(candidates)},
         "high": {q: float(np.nanpercentile(boots[:, i], 95)) for i, q in enumerate(candidates)},
         "r2": float(r2), "condition": condition, "identifiable": bool(condition < IDENTIFIABLE_CONDITION),
+        "inflation": {q: float(vif[i]) for i, q in enumerate(candidates)}, "aliases": aliases,
     }
 
 
 def dominant(fit: dict) -> str | None:
     """The candidate carrying most of the normalised weight, if it carries more than half of it with an
-    interval that excludes zero, and the fit is identifiable; otherwise ``None``."""
-    if not fit["identifiable"]:
-        return None
+    interval that excludes zero, and its weight is identifiable (variance inflation below
+    ``IDENTIFIABLE_CONDITION``); otherwise ``None``."""
     q = max(fit["weights"], key=lambda k: abs(fit["weights"][k]))
+    if not fit["inflation"][q] < IDENTIFIABLE_CONDITION:
+        return None
     w = fit["weights"][q]
     if abs(w) > 0.5 and (fit["low"][q] > 0 or fit["high"][q] < 0) and w > 0:
         return q
@@ -105,6 +131,8 @@ class RegressionReport(Report):
     r2: float
     condition: float
     identifiable: bool
+    inflation: dict[str, float]
+    aliases: dict[str, str | None]
     pursued: str | None
 
 

@@ -82,8 +82,8 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
     reg = reports.get("gradient_regression")
     if reg is not None and reg.pursued not in (None, base):
         return (_proxy_class(family, reg.pursued), reg.pursued, abs(reg.weights[reg.pursued]),
-                f"in training its updates descend {reg.pursued} (weight {reg.weights[reg.pursued]:.2f}, "
-                f"condition {reg.condition:.0f})")
+                f"in training its updates descend {reg.pursued} (weight {reg.weights[reg.pursued]:.2f}, variance "
+                f"inflation {reg.inflation[reg.pursued]:.0f})")
     drift = reports.get("drift")
     if drift is not None and drift.explained_by not in (None, base):
         return (_proxy_class(family, drift.explained_by), drift.explained_by, drift.r2[drift.explained_by],

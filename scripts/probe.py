@@ -1,0 +1,93 @@
+"""Audit an optimizer: which objective does it pursue, and how does it relate to the base objective?
+
+    python scripts/probe.py --optimizer planted:gd_wipes --out reports/gd_wipes
+    python scripts/probe.py --optimizer runs/quadratic --out reports/quadratic     # a scripts/train.py run
+    python scripts/probe.py --zoo planted --seeds 5 --out reports/zoo
+
+Writes OUT/report.json and OUT/report.html (or, with --zoo, OUT/zoo.json) and prints a table. Bad input ends
+with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lab import families
+from lab.io import OneLineParser, write_json_atomic
+
+
+def parse(argv=None):
+    p = OneLineParser(prog="probe.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--optimizer", help="planted:NAME, or a run folder written by scripts/train.py")
+    p.add_argument("--family", help="family to audit on (default: the optimizer's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", type=int, default=32, help="tasks per rollout")
+    p.add_argument("--probe", action="append", default=[], help="an extra registered probe (repeatable)")
+    p.add_argument("--zoo", choices=["planted"], help="audit the whole planted zoo")
+    p.add_argument("--seeds", type=int, default=1, help="with --zoo: seeds 0 … N−1")
+    p.add_argument("--out", type=Path, required=True, help="folder for the reports")
+    args = p.parse_args(argv)
+    if (args.optimizer is None) == (args.zoo is None):
+        p.error("give exactly one of --optimizer and --zoo")
+    if args.tasks <= 0 or args.seeds <= 0:
+        p.error("--tasks and --seeds must be positive")
+    return args
+
+
+def load_optimizer(spec: str, family_name: str | None):
+    """(optimizer, family) from ``planted:NAME`` or a run folder; ``ValueError`` with one line otherwise."""
+    if spec.startswith("planted:"):
+        from probes import planted
+
+        optimizer, family = planted.build(spec.split(":", 1)[1])
+    else:
+        from lab.meta.run import load_meta
+
+        run = Path(spec)
+        if not (run / "config.json").is_file():
+            raise ValueError(f"{spec} is neither planted:NAME nor a run folder with a config.json")
+        config, meta = load_meta(run)
+        optimizer, family = config.learned_optimizer().optimizer(meta), config.family_obj()
+    if family_name is not None:
+        family = families.make(family_name)
+    return optimizer, family
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from rich.console import Console
+
+    from probes import report
+    from probes.base import get_probe
+    from probes.verdict import audit
+    from probes.zoo import audit_planted
+
+    console = Console()
+    try:
+        for name in args.probe:
+            get_probe(name)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.zoo:
+            result = audit_planted(seeds=range(args.seeds), tasks=args.tasks,
+                                   on_entry=lambda e, v: console.print(
+                                       f"{'✓' if e['correct'] else '✗'} {e['name']} seed {e['seed']}: "
+                                       f"{e['label']} / {e['pursued']}"))
+            write_json_atomic(args.out / "zoo.json", result)
+            console.print(report.zoo_table(result["entries"]))
+            console.print(f"accuracy {result['accuracy']:.3f}; wrote {args.out / 'zoo.json'}")
+            return 0
+        optimizer, family = load_optimizer(args.optimizer, args.family)
+        verdict = audit(optimizer, family, seed=args.seed, tasks=args.tasks, extra=tuple(args.probe))
+        traces = report.collect_traces(optimizer, family, args.seed, args.tasks)
+        report.write_report(args.out, verdict, traces)
+    except (ValueError, OSError) as e:
+        print(f"probe.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    console.print(report.terminal_table(verdict))
+    console.print(f"wrote {args.out / 'report.json'} and {args.out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
