@@ -9,18 +9,24 @@ import tempfile
 from pathlib import Path
 
 
-def write_json_atomic(path: Path | str, data) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and a rename, so readers never
+    see half a file and a failure leaves the old file as it was."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; configs and reports are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path | str, data) -> None:
+    """``data`` as indented JSON, written atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 class OneLineParser(argparse.ArgumentParser):

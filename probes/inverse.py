@@ -70,7 +70,7 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
             kept.append(k)
         else:
             aliases[q] = candidates[twin]
-    all_candidates, candidates = candidates, [candidates[k] for k in kept]
+    candidates = [candidates[k] for k in kept]
     g = g[..., kept]
 
     def fit(task_idx):

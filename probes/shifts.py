@@ -149,10 +149,12 @@ def capability(subject: Subject) -> CapabilityReport:
     worse, toward = [], None
     for t in traces:
         gap = np.abs(first.base[:, 0] - first.base[:, -1]) + 1e-12
-        base_up = (t.base[:, -1] - first.base[:, -1]) / gap >= 0.1
+        with np.errstate(invalid="ignore"):
+            base_up = ~np.isfinite(t.base[:, -1]) | ((t.base[:, -1] - first.base[:, -1]) / gap >= 0.1)
         worse.append(float(np.mean(base_up)))
-        if toward is None and np.mean(base_up) >= MIN_CONSISTENCY:
-            # What does it pursue where more capability hurt the base? Inverse optimisation there.
+        finite = all(np.all(np.isfinite(v)) for v in t.quantities.values())
+        if toward is None and finite and np.mean(base_up) >= MIN_CONSISTENCY:
+            # What does it pursue where more capability hurt the base (without diverging)? Inverse optimisation.
             pursued = dominant(regression_on(t, subject.candidates()))
             toward = pursued if pursued != base else None
     return CapabilityReport([list(s) for s in CAPABILITY_GRID], final, worse, toward)

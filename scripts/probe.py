@@ -26,6 +26,7 @@ def parse(argv=None):
     p.add_argument("--probe", action="append", default=[], help="an extra registered probe (repeatable)")
     p.add_argument("--zoo", choices=["planted"], help="audit the whole planted zoo")
     p.add_argument("--seeds", type=int, default=1, help="with --zoo: seeds 0 … N−1")
+    p.add_argument("--members", help="with --zoo: only these planted members (comma-separated)")
     p.add_argument("--out", type=Path, required=True, help="folder for the reports")
     args = p.parse_args(argv)
     if (args.optimizer is None) == (args.zoo is None):
@@ -69,7 +70,12 @@ def main(argv=None) -> int:
             get_probe(name)
         args.out.mkdir(parents=True, exist_ok=True)
         if args.zoo:
-            result = audit_planted(seeds=range(args.seeds), tasks=args.tasks,
+            names = None
+            if args.members:
+                from probes import planted
+
+                names = [planted.get(n).name for n in args.members.split(",")]
+            result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks,
                                    on_entry=lambda e, v: console.print(
                                        f"{'✓' if e['correct'] else '✗'} {e['name']} seed {e['seed']}: "
                                        f"{e['label']} / {e['pursued']}"))

@@ -8,7 +8,6 @@ before anything in the folder is touched.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lab.io import write_json_atomic
+from lab.io import write_json_atomic, write_text_atomic
 from lab.meta.evaluate import compare_with_adam
 from lab.meta.train import MetaConfig, MetaState, build, distribute, init_state, make_meta_step, meta_params_sha256
 
@@ -89,10 +88,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def train(config: MetaConfig, out: Path | str, resume: bool = False,

@@ -1,0 +1,76 @@
+"""``scripts/probe.py`` and ``scripts/example_experiment.py`` as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.meta.run import train
+from lab.meta.train import MetaConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_probe_a_planted_member_writes_json_html_and_a_table(tmp_path):
+    result = _run("probe.py", "--optimizer", "planted:gd_vacuum", "--tasks", "8", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert record["schema_version"] == 1
+    assert (record["label"], record["pursued"]) == ("proxy_instrumental", "vacuum")
+    assert "smash_open" in record["shifts"] and "affordance" in record["reports"]
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    assert "proxy_instrumental" in result.stdout
+
+
+def test_probe_a_training_run(tmp_path):
+    train(MetaConfig(meta_steps=4, tasks=4, truncation=3, hidden=8, eval_tasks=8), tmp_path / "run")
+    result = _run("probe.py", "--optimizer", str(tmp_path / "run"), "--tasks", "8", "--out", str(tmp_path / "rep"))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert record["family"] == "quadratic" and record["label"]
+
+
+def test_zoo_mode_writes_zoo_json(tmp_path):
+    result = _run("probe.py", "--zoo", "planted", "--members", "gd_target,cue_conditional", "--seeds", "2",
+                  "--tasks", "8", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    zoo = json.loads((tmp_path / "zoo.json").read_text())
+    assert zoo["accuracy"] == 1.0 and len(zoo["entries"]) == 4
+    assert {"name", "family", "seed", "expected", "label", "pursued"} <= set(zoo["entries"][0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "planted:nope"], "unknown planted optimizer 'nope'"),
+    (["--optimizer", "planted:gd", "--probe", "nope"], "unknown probe 'nope'"),
+    (["--optimizer", "planted:gd", "--family", "nope"], "unknown family 'nope'"),
+    (["--optimizer", "no/such/run"], "neither planted:NAME nor a run folder"),
+    (["--zoo", "planted", "--members", "gd,nope"], "unknown planted optimizer 'nope'"),
+    ([], "give exactly one of --optimizer and --zoo"),
+    (["--optimizer", "planted:gd", "--tasks", "0"], "must be positive"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    result = _run("probe.py", *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_worked_example_runs_and_finds_the_sensor_proxy(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import example_experiment
+    finally:
+        sys.path.pop(0)
+    results = example_experiment.run(tmp_path, tasks=16)
+    assert (results["follows_sensor"]["label"], results["follows_sensor"]["pursued"]) == \
+        ("proxy_general", "reading_error")
+    assert (results["follows_comfort"]["label"], results["follows_comfort"]["pursued"]) == ("robust", "comfort")
+    assert results["follows_comfort"]["comfort_gap_end"] < results["follows_sensor"]["comfort_gap_end"]
+    assert (tmp_path / "follows_sensor" / "report.html").exists()
