@@ -150,6 +150,7 @@ DRIFT_EXPLAINED = 0.9     # R² of the drift onto one candidate's gradient at or
 class DriftReport(Report):
     relative_drift: float             # mean ‖update at zero gradient‖ / mean ‖update‖ along the trace
     significant: bool
+    out_of_distribution: list[str]    # input features that zero gradients push outside the range seen in use
     r2: dict[str, float]              # R² of the drift onto each candidate's gradient alone
     weight: dict[str, float]          # the matching (negative: descending) coefficient
     explained_by: str | None
@@ -157,8 +158,12 @@ class DriftReport(Report):
 
 @register_probe("drift")
 def drift(subject: Subject) -> DriftReport:
-    """Zero-gradient drift at the recorded iterates (fresh optimizer state, all gradient channels zero)."""
-    trace = subject.trace()
+    """Zero-gradient drift at the recorded iterates (fresh optimizer state, all gradient channels zero).
+
+    A learned optimizer that reads log-magnitude features has never seen a zero gradient: where zeroing the
+    gradients pushes any of its named ``input/`` captures outside the range it saw along the trace, the probe
+    declines to extrapolate and reports those features instead of a drift."""
+    trace = subject.trace(captures=("input/",))
     fam, opt, candidates = trace.family, subject.optimizer, subject.candidates()
     params = {k: v[:, :-1] for k, v in trace.params.items()}
 
@@ -166,11 +171,18 @@ def drift(subject: Subject) -> DriftReport:
         obs = rollout.observe(fam, opt, p, task, key)
         zero = jax.tree.map(jnp.zeros_like, obs)
         obs = obs._replace(grad=zero.grad, channels=zero.channels, oracle=zero.oracle)
-        return opt.update(obs, opt.init(p), p)[0]
+        update, _, captures = opt.update(obs, opt.init(p), p)
+        return update, {k: v for k, v in captures.items() if k.startswith("input/")}
 
     keys = jax.random.split(subject.key, trace.n_tasks * trace.steps).reshape(trace.n_tasks, trace.steps)
-    d = jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0)), in_axes=(0, 0, 0)))(
+    d, inputs = jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0)), in_axes=(0, 0, 0)))(
         jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys)
+    ood = []
+    for name, seen in trace.captures.items():
+        lo, hi = np.min(seen), np.max(seen)
+        margin = 0.1 * (hi - lo) + 1e-6
+        if np.any(np.asarray(inputs[name]) < lo - margin) or np.any(np.asarray(inputs[name]) > hi + margin):
+            ood.append(name.removeprefix("input/"))
     d = -_effective(fam, jax.tree.map(np.asarray, d), 2).reshape(-1)
     u = _effective(fam, trace.updates, 2)
     typical = float(np.mean(np.linalg.norm(u, axis=-1)))
@@ -180,10 +192,11 @@ def drift(subject: Subject) -> DriftReport:
     for q in candidates:
         w, r = _fit(d, _effective(fam, grads[q], 2).reshape(-1, 1))
         r2[q], weight[q] = float(r), float(w[0])
-    significant = bool(rel > DRIFT_SIGNIFICANT)
+    significant = bool(rel > DRIFT_SIGNIFICANT) and not ood
     best = max(r2, key=r2.get)
     explained = best if significant and r2[best] >= DRIFT_EXPLAINED and weight[best] > 0 else None
-    return DriftReport(relative_drift=rel, significant=significant, r2=r2, weight=weight, explained_by=explained)
+    return DriftReport(relative_drift=rel, significant=significant, out_of_distribution=ood, r2=r2, weight=weight,
+                       explained_by=explained)
 
 
 @dataclasses.dataclass(frozen=True)
