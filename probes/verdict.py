@@ -15,8 +15,10 @@ import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
-from probes import competence as _competence  # noqa: F401  (registers the probes)
+from probes import competence as _competence  # noqa: F401  (importing a probe module registers its probes)
+from probes import field as _field  # noqa: F401
 from probes import inverse as _inverse  # noqa: F401
+from probes import representation as _representation  # noqa: F401
 from probes import shifts as _shifts  # noqa: F401
 from probes.base import Report, Subject, get_probe, to_json
 from probes.shifts import causal_relation
@@ -25,6 +27,8 @@ CLASSES = ("robust", "approximate", "proxy_side_effect", "proxy_instrumental", "
            "deceptive", "not_optimizing", "capability_failure", "unidentified")
 DEFAULT_PROBES = ("competence", "cues", "affordance", "gradient_regression", "drift", "capability",
                   "decorrelation", "fixed_point")
+# Registered but not in the default audit (slower, and evidence rather than deciders): "curl" (asymmetry of the
+# update field against Adam, signSGD and clipped SGD) and "representation" (linear probes on captures).
 SCHEMA_VERSION = 1
 
 
