@@ -1,0 +1,312 @@
+"""Learned optimizers distilled from planted ones: a harder, more realistic test of the verdict.
+
+A planted member (``probes.planted``) pursues a known objective by construction, but it is hand-written: it
+reads exact channels, has no parameters and no nonlinearity. A *distilled* member is a ``LearnedOptimizer``
+(a per-parameter MLP or LSTM, ``lab.optimizers.learned``) trained by imitation to reproduce a planted
+teacher's updates while seeing only what a learned optimizer sees: its named input features (normalised
+gradient channels and their scales, momenta, parameter, loss, step embeddings). Its pursued objective is the
+teacher's wherever the imitation generalises, so the verdict on it should name the teacher's class; where it
+does not, the probes' reports say which behaviour the student failed to copy.
+
+Method (behaviour cloning with DAgger, Ross, Gordon and Bagnell 2011):
+
+1. **Side-by-side rollouts.** On tasks of the teacher's training family, θ is advanced by a *driver* (the
+   teacher in the first round), and at every step the teacher's update is recorded together with the
+   observation and θ it was computed at. The teacher's state is advanced by its own update function on the
+   same observations. Frozen blocks stay where they are (the world masks them); the teacher's update there is
+   recorded (it is what the optimizer emits) but by default left out of the loss, as a frozen block is out of
+   a meta-trained optimizer's meta-gradient: on a block opened in deployment the student applies the
+   per-element rule it learned on the other blocks.
+2. **Regression.** The student is unrolled over each recorded trajectory with its *own* optimizer state
+   (momenta, step count, LSTM state), advanced by its own update function on the recorded observations, and
+   its update is regressed onto the teacher's at every step and parameter element. The loss is the squared
+   difference relative to the teacher's mean squared update at that step (so the late small steps count as
+   much as the first large ones: the probes read directions and long horizons, not only the first steps),
+   minimised with Adam on minibatches of trajectories, one ``jit``-compiled ``lax.scan`` over Adam steps
+   per round (``vmap`` over trajectories, ``lax.scan`` over each trajectory's steps).
+3. **DAgger.** Further rounds drive θ with the *student* (the states it will itself visit when audited),
+   label them with the teacher's update, add them to the data set and continue the regression.
+
+``distill(name)`` returns ``(LearnedOptimizer, meta)``; ``build_distilled("distilled_wipes")`` returns the
+optimizer and the teacher's family, like ``planted.build``, with the meta-parameters cached in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab import rollout
+from lab.families.base import Observation, TaskFamily
+from lab.optimizers.base import Optimizer
+from lab.optimizers.learned import LearnedOptimizer
+from probes import planted
+
+DISTILLED = {"distilled_gd": "gd", "distilled_wipes": "gd_wipes", "distilled_vacuum": "gd_vacuum"}
+
+# Inputs per teacher: what the teacher's rule needs (the channel it descends, normalised, and that channel's
+# scale, which the per-block normalisation removes) plus features a learned optimizer typically also reads
+# and the teacher ignores (the noisy primary gradient beside a proxy channel, a momentum, the loss, a step
+# embedding): the student has to learn to ignore them.
+INPUTS: dict[str, tuple[str, ...]] = {
+    "gd": ("grad", "scale", "mom0.9", "loss", "step10"),
+    "gd_wipes": ("grad:wipes", "scale:wipes", "grad", "mom0.9:wipes", "loss", "step10"),
+    "gd_vacuum": ("grad:vacuum", "scale:vacuum", "grad", "mom0.9:vacuum", "loss", "step10"),
+}
+# ``exp_mult = 1``: the head's magnitude output is then the log step size itself, so a step proportional to
+# the gradient's scale (``exp(scale)``) is a linear function of the ``scale`` input.
+STUDENT = {"hidden": 32, "layers": 2, "exp_mult": 1.0, "step_mult": 0.1, "head_scale": 0.1}
+
+
+def student_for(teacher_name: str, kind: str = "mlp", inputs: tuple[str, ...] | None = None) -> LearnedOptimizer:
+    """The student architecture for ``teacher_name``: ``INPUTS[teacher_name]`` (or ``inputs``)."""
+    if inputs is None:
+        if teacher_name not in INPUTS:
+            raise ValueError(f"no default student inputs for teacher {teacher_name!r}; known: {', '.join(INPUTS)} "
+                             "(pass inputs=...)")
+        inputs = INPUTS[teacher_name]
+    return LearnedOptimizer(kind=kind, inputs=tuple(inputs), **STUDENT)
+
+
+class Demonstrations(NamedTuple):
+    """Recorded steps, leading axes (trajectories, steps): the observation and θ the teacher's update was
+    computed at, that update; per trajectory (leading axis only) its task and a weight (0 for unused rows of
+    a preallocated buffer)."""
+
+    obs: Observation
+    params: dict
+    target: dict
+    task: Any
+    weight: jax.Array
+
+
+def _flat(tree) -> jax.Array:
+    """All elements of a θ-shaped pytree as one vector (leaves in tree order, as the learned optimizer)."""
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def demonstrations(family: TaskFamily, teacher: Optimizer, key: jax.Array, tasks: int, steps: int | None = None,
+                   student: tuple[LearnedOptimizer, Any] | None = None) -> Demonstrations:
+    """``tasks`` rollouts of ``steps`` steps (default: the family's horizon) on ``family``, labelled with the
+    teacher's update at every step. θ is advanced by the teacher, or by ``student = (lopt, meta)`` (DAgger),
+    through the world's ``apply_update``; the teacher's state is always advanced by the teacher's own update
+    on the same observations."""
+    steps = family.horizon if steps is None else steps
+
+    def one(k):
+        k_start, k_run = jax.random.split(k)
+        state = rollout.start(family, teacher, k_start)
+        s_state = student[0].init(state.params) if student is not None else ()
+
+        def body(carry, kk):
+            params, t_state, s_state = carry
+            obs = rollout.observe(family, teacher, params, state.task, kk)
+            u_t, t_state, _ = teacher.update(obs, t_state, params)
+            seen = obs._replace(oracle={})  # what a learned optimizer is given: never the oracle
+            if student is None:
+                drive = u_t
+            else:
+                lopt, meta = student
+                drive, s_state, _ = lopt.apply(meta, seen, s_state, params)
+            return (family.apply_update(params, drive), t_state, s_state), (seen, params, u_t)
+
+        _, (obs, params, target) = jax.lax.scan(body, (state.params, state.opt_state, s_state),
+                                                jax.random.split(k_run, steps))
+        return obs, params, target, state.task
+
+    obs, params, target, task = jax.vmap(one)(jax.random.split(key, tasks))
+    return Demonstrations(obs, params, target, task, jnp.ones((tasks,)))
+
+
+def student_updates(lopt: LearnedOptimizer, meta, demos: Demonstrations) -> jax.Array:
+    """The student's update at every recorded step, with its own state carried along each trajectory:
+    (trajectories, steps, elements)."""
+
+    def one(obs, params):
+        p0 = jax.tree.map(lambda x: x[0], params)
+
+        def body(s, xs):
+            o, p = xs
+            u, s, _ = lopt.apply(meta, o, s, p)
+            return s, _flat(u)
+
+        return jax.lax.scan(body, lopt.init(p0), (obs, params))[1]
+
+    return jax.vmap(one)(demos.obs, demos.params)
+
+
+def _targets(demos: Demonstrations) -> jax.Array:
+    return jax.vmap(jax.vmap(_flat))(demos.target)
+
+
+def element_mask(family: TaskFamily, params, frozen: bool = True) -> jax.Array:
+    """1 on every parameter element the imitation loss counts: all of them, or (``frozen=False``) only those
+    the world lets an update act on in training."""
+    mask = jax.tree.map(jnp.ones_like, params) if frozen else family.update_mask(params)
+    return _flat(mask)
+
+
+def imitation_loss(lopt: LearnedOptimizer, meta, demos: Demonstrations, mask: jax.Array | None = None,
+                   floor: float = 1e-3) -> jax.Array:
+    """Mean over trajectories and steps of Σ_p (u_student − u_teacher)² / Σ_p u_teacher² over the elements p
+    of ``mask`` (default all), the denominator floored at ``floor`` × its mean over the data (steps where the
+    teacher barely moves do not dominate)."""
+    target = _targets(demos)
+    diff = student_updates(lopt, meta, demos) - target
+    if mask is not None:
+        diff, target = diff * mask[None, None, :], target * mask[None, None, :]
+    err = jnp.sum(diff**2, axis=-1)                                                     # (n, T)
+    norm = jnp.sum(target**2, axis=-1)
+    w = demos.weight[:, None]
+    mean_norm = jnp.sum(w * norm) / jnp.maximum(jnp.sum(w) * norm.shape[1], 1e-12)
+    rel = err / jnp.maximum(norm, floor * mean_norm + 1e-30)
+    return jnp.sum(w * rel) / jnp.maximum(jnp.sum(w) * rel.shape[1], 1e-12)
+
+
+def imitation_error(lopt: LearnedOptimizer, meta, demos: Demonstrations,
+                    family: TaskFamily | None = None) -> dict[str, float]:
+    """How far the student's updates are from the teacher's on ``demos`` (held-out rollouts):
+    ``relative``: ‖u_s − u_t‖ / ‖u_t‖ over all steps and elements; ``per_step_median``: the median over
+    (trajectory, step) of that ratio per step; ``cosine``: the mean cosine between the two updates per step.
+    Given the ``family``, also ``relative_movable`` and ``relative_frozen``: ``relative`` on the elements
+    the world lets move in training and on its frozen blocks (absent where it has none)."""
+    u_s = np.asarray(jax.jit(student_updates, static_argnums=0)(lopt, meta, demos), np.float64)
+    u_t = np.asarray(_targets(demos), np.float64)
+    diff = np.linalg.norm(u_s - u_t, axis=-1)
+    norm = np.linalg.norm(u_t, axis=-1)
+    cos = np.sum(u_s * u_t, -1) / np.maximum(np.linalg.norm(u_s, axis=-1) * norm, 1e-30)
+    out = {"relative": float(np.sqrt(np.sum(diff**2) / np.sum(norm**2))),
+           "per_step_median": float(np.median(diff / np.maximum(norm, 1e-30))),
+           "cosine": float(np.mean(cos))}
+    if family is not None:
+        movable = np.asarray(element_mask(family, jax.tree.map(lambda x: x[0, 0], demos.params), False)) > 0
+        parts = {"relative_movable": movable, "relative_frozen": ~movable}
+        for name, sel in parts.items():
+            if sel.any():
+                out[name] = float(np.sqrt(np.sum((u_s - u_t)[..., sel] ** 2) / np.sum(u_t[..., sel] ** 2)))
+    return out
+
+
+def _fit(lopt: LearnedOptimizer, tx: optax.GradientTransformation, steps: int, batch: int,
+         mask: jax.Array | None = None):
+    """A jitted ``(meta, opt_state, demos, key) -> (meta, opt_state, losses)``: ``steps`` Adam steps, each on
+    ``batch`` trajectories drawn without replacement among those of positive weight."""
+
+    @jax.jit
+    def fit(meta, opt_state, demos, key):
+        n = demos.weight.shape[0]
+        p = demos.weight / jnp.sum(demos.weight)
+
+        def body(carry, k):
+            meta, opt_state = carry
+            idx = jax.random.choice(k, n, (min(batch, n),), replace=False, p=p)
+            sub = jax.tree.map(lambda x: x[idx], demos)
+            loss, grad = jax.value_and_grad(lambda m: imitation_loss(lopt, m, sub, mask))(meta)
+            updates, opt_state = tx.update(grad, opt_state, meta)
+            return (optax.apply_updates(meta, updates), opt_state), loss
+
+        (meta, opt_state), losses = jax.lax.scan(body, (meta, opt_state), jax.random.split(key, steps))
+        return meta, opt_state, losses
+
+    return fit
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillLog:
+    """What a distillation did: the imitation loss at the end of every round (mean over its last tenth of
+    minibatches), and the settings."""
+
+    teacher: str
+    kind: str
+    losses: list[float]
+    rounds: int
+    tasks: int
+    steps: int
+
+
+def distill(teacher_name: str, kind: str = "mlp", steps: int = 1500, seed: int = 0, *, tasks: int = 32,
+            dagger: int = 1, batch: int = 8, lr: float = 3e-3, inputs: tuple[str, ...] | None = None,
+            frozen_in_loss: bool = False, log: list | None = None) -> tuple[LearnedOptimizer, Any]:
+    """Distils the planted member ``teacher_name`` into a ``LearnedOptimizer`` of ``kind`` (``mlp``/``lstm``).
+
+    ``steps`` Adam steps in all (each on ``batch`` trajectories of the data set so far), split evenly over the
+    teacher-driven round and ``dagger`` student-driven rounds, each round adding ``tasks`` rollouts of the
+    teacher's training family. ``inputs`` overrides the student's features (default ``INPUTS[teacher_name]``).
+    By default the blocks frozen in training are left out of the loss, as they are out of a meta-trained
+    optimizer's meta-gradient: the student then applies to a block opened in deployment a rule it learned on
+    the other blocks only; ``frozen_in_loss=True`` also regresses the teacher's (masked, never applied) update
+    there. If ``log`` is a list, a ``DistillLog`` is appended. Returns ``(lopt, meta)``;
+    ``lopt.optimizer(meta)`` is the distilled optimizer.
+    """
+    teacher, family = planted.build(teacher_name)
+    lopt = student_for(teacher_name, kind, inputs)
+    if steps < dagger + 1:
+        raise ValueError(f"steps must be at least dagger + 1 = {dagger + 1}, got {steps}")
+    key = jax.random.key(seed)
+    k_init, k_data, k_fit = jax.random.split(key, 3)
+    meta = lopt.init_meta(k_init)
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
+    opt_state = tx.init(meta)
+
+    collect = jax.jit(lambda k: demonstrations(family, teacher, k, tasks))
+    collect_student = jax.jit(lambda k, m: demonstrations(family, teacher, k, tasks, student=(lopt, m)))
+    # One preallocated buffer of (1 + dagger) rounds (unfilled rounds weighted 0): one compilation of the fit.
+    first = collect(jax.random.fold_in(k_data, 0))
+    buffer = jax.tree.map(lambda x: jnp.concatenate([x] * (dagger + 1)), first)
+    buffer = buffer._replace(weight=jnp.concatenate([first.weight] + [jnp.zeros_like(first.weight)] * dagger))
+    mask = element_mask(family, jax.tree.map(lambda x: x[0, 0], first.params), frozen_in_loss)
+    per_round = [steps // (dagger + 1) + (1 if r < steps % (dagger + 1) else 0) for r in range(dagger + 1)]
+    fits = {}
+    losses = []
+    for r in range(dagger + 1):
+        if r > 0:
+            new = collect_student(jax.random.fold_in(k_data, r), meta)
+            lo = r * tasks
+            buffer = jax.tree.map(lambda b, n: b.at[lo:lo + tasks].set(n), buffer, new)
+        if per_round[r] not in fits:
+            fits[per_round[r]] = _fit(lopt, tx, per_round[r], batch, mask)
+        meta, opt_state, loss = fits[per_round[r]](meta, opt_state, buffer, jax.random.fold_in(k_fit, r))
+        losses.append(float(jnp.mean(loss[-max(1, len(loss) // 10):])))
+    if log is not None:
+        log.append(DistillLog(teacher_name, kind, losses, dagger + 1, tasks, steps))
+    return lopt, meta
+
+
+def held_out_error(teacher_name: str, lopt: LearnedOptimizer, meta, seed: int = 1, tasks: int = 64,
+                   driver: str = "teacher", shift: str = "train") -> dict[str, float]:
+    """``imitation_error`` on fresh rollouts of the teacher's family under ``shift`` (drawn from ``seed`` with
+    a key distinct from training's), driven by the teacher or (``driver="student"``) by the student. Under an
+    opening shift (``spill_open``, ``smash_open``) ``relative_frozen`` is absent (nothing is frozen) and
+    ``relative`` includes the opened block."""
+    if driver not in ("teacher", "student"):
+        raise ValueError(f"driver must be 'teacher' or 'student', got {driver!r}")
+    teacher, family = planted.build(teacher_name)
+    family = family.shift(shift)
+    key = jax.random.fold_in(jax.random.key(seed), 10_007)
+    student = (lopt, meta) if driver == "student" else None
+    demos = jax.jit(lambda k: demonstrations(family, teacher, k, tasks, student=student))(key)
+    return imitation_error(lopt, meta, demos, family)
+
+
+@functools.lru_cache(maxsize=None)
+def _distilled_meta(teacher_name: str, seed: int):
+    return distill(teacher_name, seed=seed)
+
+
+def build_distilled(name: str, seed: int = 0) -> tuple[Optimizer, TaskFamily]:
+    """The distilled member ``name`` (a key of ``DISTILLED``) and its teacher's family; the distillation is
+    cached in memory per (name, seed)."""
+    if name not in DISTILLED:
+        raise ValueError(f"unknown distilled optimizer {name!r}; known: {', '.join(DISTILLED)}")
+    teacher_name = DISTILLED[name]
+    lopt, meta = _distilled_meta(teacher_name, seed)
+    _, family = planted.build(teacher_name)
+    return lopt.optimizer(meta), family
+
+
