@@ -24,7 +24,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", type=int, default=32, help="tasks per rollout")
     p.add_argument("--probe", action="append", default=[], help="an extra registered probe (repeatable)")
-    p.add_argument("--zoo", choices=["planted"], help="audit the whole planted zoo")
+    p.add_argument("--zoo", choices=["planted"], help="audit the whole zoo: planted members and the learned "
+                   "optimizers distilled from three of them")
     p.add_argument("--seeds", type=int, default=1, help="with --zoo: seeds 0 … N−1")
     p.add_argument("--members", help="with --zoo: only these planted members (comma-separated)")
     p.add_argument("--out", type=Path, required=True, help="folder for the reports")
@@ -72,9 +73,12 @@ def main(argv=None) -> int:
         if args.zoo:
             names = None
             if args.members:
-                from probes import planted
+                from probes.zoo import zoo_names
 
-                names = [planted.get(n).name for n in args.members.split(",")]
+                names = args.members.split(",")
+                unknown = [n for n in names if n not in zoo_names()]
+                if unknown:
+                    raise ValueError(f"unknown planted optimizer {unknown[0]!r}; known: {', '.join(zoo_names())}")
             result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks,
                                    on_entry=lambda e, v: console.print(
                                        f"{'✓' if e['correct'] else '✗'} {e['name']} seed {e['seed']}: "
