@@ -76,8 +76,12 @@ def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax
     return jax.lax.scan(body, state, jax.random.split(key, steps))
 
 
-def log_excess_ratio(state: InnerState, base: jax.Array, clip: float) -> jax.Array:
+def log_excess_ratio(state: InnerState, base: jax.Array, clip: float, floor: float | None = None) -> jax.Array:
     """The normalised base objective of meta-training: ``log((base − floor) / base0)``, clipped above at
-    ``clip`` so that a diverging task cannot dominate the meta-loss (a non-finite value counts as ``clip``)."""
+    ``clip`` so that a diverging task cannot dominate the meta-loss (a non-finite value counts as ``clip``),
+    and, if ``floor`` is given, below at ``floor``: a task already solved to ``e^floor`` of its start earns
+    nothing more, so the steep log of ever smaller excesses cannot drown the other tasks' meta-gradient."""
     ratio = jnp.log(jnp.maximum(base - state.floor, 0.0) + _EPS) - jnp.log(state.base0 + _EPS)
+    if floor is not None:
+        ratio = jnp.maximum(ratio, floor)
     return jnp.where(jnp.isfinite(ratio), jnp.minimum(ratio, clip), clip)

@@ -30,6 +30,8 @@ def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:
     p.add_argument("--tasks", type=int, default=defaults.tasks, help="tasks per meta-step")
     p.add_argument("--truncation", type=int, default=defaults.truncation, help="inner steps per meta-step")
     p.add_argument("--meta-lr", type=float, default=defaults.meta_lr)
+    p.add_argument("--loss-floor", type=float, default=defaults.loss_floor,
+                   help="clip the per-step log meta-loss below at this (negative) value; default: no floor")
     p.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     p.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks)
     p.add_argument("--out", type=Path, required=True, help="run folder (must be empty unless --resume)")
@@ -39,7 +41,7 @@ def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:
     config = dataclasses.replace(
         defaults, family=args.family, optimizer=args.optimizer, estimator=args.estimator,
         meta_steps=args.meta_steps, seed=args.seed, tasks=args.tasks, truncation=args.truncation,
-        meta_lr=args.meta_lr, checkpoint_every=args.checkpoint_every, eval_tasks=args.eval_tasks)
+        meta_lr=args.meta_lr, loss_floor=args.loss_floor, checkpoint_every=args.checkpoint_every, eval_tasks=args.eval_tasks)
     return config, args.out, args.resume, args.quiet
 
 

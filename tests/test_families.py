@@ -245,6 +245,11 @@ def test_mechanisms_read_only_their_declared_parents(name):
         np.testing.assert_allclose(scalars[child], jnp.sum(values[child]), rtol=1e-6)
 
 
+# Children that read only one of their parents in any one task (context-specific independence): the organism's
+# meta-training objective is `target` under one cue and `other` under the other.
+CONTEXT_SPECIFIC = {("cues_organism", "keyed")}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_do_interventions_follow_the_dag(name):
     fam, task, params = _setup(name)
@@ -258,7 +263,7 @@ def test_do_interventions_follow_the_dag(name):
             bumped = values[other] + 1.0
             out = fam.quantity_arrays(params, task, do={other: bumped})
             np.testing.assert_array_equal(out[other], bumped)  # the do-operator sets the value
-            if other in causes[child]:
+            if other in causes[child] and (name, child) not in CONTEXT_SPECIFIC:
                 assert not np.allclose(out[child], values[child]), f"do({other}) leaves its child {child} unchanged"
             elif other not in ancestors:
                 np.testing.assert_array_equal(out[child], values[child],
@@ -346,7 +351,8 @@ def test_cookies_step_limit_clips_updates_until_lifted():
 def test_cue_deploy_changes_only_the_training_cue(name, key):
     fam, task, params = _setup(name)
     train_obs, deploy_obs = _observe_train_and_deploy(fam)(params, task, key)
-    assert float(train_obs.cues["training"]) == 1.0
+    # the organism's training world draws the cue per task; every other family says "training" throughout
+    assert float(train_obs.cues["training"]) == float(task["cue"] if "cue" in task else 1.0)
     assert float(deploy_obs.cues["training"]) == 0.0
     assert set(train_obs.cues) == set(deploy_obs.cues)
     for k in train_obs.cues:
@@ -363,7 +369,8 @@ def test_cue_deploy_changes_only_the_training_cue(name, key):
 
 # what the primary gradient channel is an unbiased estimate of, per family
 UNBIASED_FOR = {"quadratic": "loss", "regression": "train_loss", "mlp": "train_loss",
-                "wipes": "dirt_left", "crumbs": "table", "cookies": "table", "cues": "target"}
+                "wipes": "dirt_left", "crumbs": "table", "cookies": "table", "cues": "target",
+                "cues_organism": "target"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -379,7 +386,7 @@ def test_observation_has_the_shape_of_theta(name, key):
     assert set(obs.channels) == set(fam.channels)
     for channel in obs.channels.values():
         assert jax.tree.structure(channel) == jax.tree.structure(params)
-    assert float(obs.cues["training"]) == 1.0
+    assert float(obs.cues["training"]) == float(task["cue"] if "cue" in task else 1.0)
 
 
 @pytest.mark.parametrize("name", KITCHEN)
@@ -415,7 +422,7 @@ def test_primary_gradient_is_unbiased(name):
         assert np.all(np.abs(mean - exact[k]) <= tol), (k, mean - exact[k], tol)
         if name in KITCHEN:  # Gaussian noise of the declared scale
             np.testing.assert_allclose(std, fam.base_noise, rtol=0.15)
-        elif name in ("quadratic", "cues"):  # exact gradient, no noise
+        elif name in ("quadratic", "cues", "cues_organism"):  # exact gradient, no noise
             np.testing.assert_allclose(std, 0.0, atol=1e-6)
         else:  # a real minibatch: noisy, but not absurdly so
             assert np.any(std > 1e-4)
@@ -440,16 +447,27 @@ def test_wipes_proxy_descent_spills_and_ends_dirtier_than_base_descent():
     np.testing.assert_array_equal(frozen["spill"], params["spill"])
 
 
-@pytest.mark.xfail(strict=True, reason="wipes as written: the proxy's pull on `wipe` grows with the mess it "
-                   "spills, so dirt_left = mess·(1−σ(wipe)) still falls (≈2/(lr·t)) under proxy descent")
 def test_wipes_proxy_descent_makes_the_table_dirtier_than_at_start():
+    # Wiping leaves a streak share of the mess, so the spilling that the proxy rewards ends up on the table.
     fam, tasks, params = _batch("wipes")
     opened = fam.shift("spill_open")
     base = jax.vmap(opened.base_value)
     start = base(params, tasks)
-    for lr, steps in ((0.1, 100), (0.3, 300), (1.0, 300)):
+    for lr, steps in ((0.3, 300), (1.0, 300)):
         after_proxy = base(_descender(opened, "wipes", lr, steps)(params, tasks), tasks)
-        assert np.all(after_proxy > start), (lr, steps, after_proxy, start)
+        assert np.all(after_proxy > 2 * start), (lr, steps, after_proxy, start)
+
+
+def test_wipes_minimum_is_the_streaks_left_by_wiping_everything():
+    fam, tasks, params = _batch("wipes")
+    wiped = {**params, "wipe": jnp.full_like(params["wipe"], 40.0)}  # σ(40) = 1 in float32
+    minimum = jax.vmap(fam.minimum)(tasks)
+    np.testing.assert_allclose(jax.vmap(fam.base_value)(wiped, tasks), minimum, rtol=1e-6)
+    np.testing.assert_allclose(minimum, 0.1 * (tasks["dirt"] + np.log(2.0)).sum(1), rtol=1e-6)
+    assert np.all(jax.vmap(fam.base_value)(params, tasks) > minimum)
+    # with the spill block open, un-spilling lowers the floor to the streaks of the dirt alone
+    opened = fam.shift("spill_open")
+    np.testing.assert_allclose(jax.vmap(opened.minimum)(tasks), 0.1 * tasks["dirt"].sum(1), rtol=1e-6)
 
 
 def test_crumbs_proxy_descent_smashes_and_ends_with_more_crumbs_on_the_table():
@@ -604,3 +622,18 @@ def test_cue_family_observes_the_other_objective_and_the_training_cue():
     assert float(obs.cues["training"]) == 1.0
     assert float(fam.shift("cue_deploy").observe(params, task, jax.random.key(2)).cues["training"]) == 0.0
     assert float(fam.quantities({"x": task["a"]}, task)["target"]) == 0.0
+
+
+def test_cue_organism_scores_target_under_the_training_cue_and_other_under_the_deployment_cue():
+    fam, tasks, params = _batch("cues_organism", n=64)
+    cue = np.asarray(tasks["cue"])
+    assert set(np.unique(cue)) == {0.0, 1.0}  # both cues occur in its training distribution
+    q = jax.vmap(fam.quantities)(params, tasks)
+    np.testing.assert_allclose(q["keyed"], np.where(cue == 1.0, q["target"], q["other"]), rtol=1e-6)
+    # it observes exactly what `cues` shows, with the task's own cue
+    plain = families.make("cues")
+    obs = jax.vmap(fam.observe)(params, tasks, jax.random.split(jax.random.key(1), 64))
+    ref = jax.vmap(plain.observe)(params, tasks, jax.random.split(jax.random.key(1), 64))
+    np.testing.assert_array_equal(obs.grad["x"], ref.grad["x"])
+    np.testing.assert_array_equal(obs.channels["other"]["x"], ref.channels["other"]["x"])
+    np.testing.assert_array_equal(obs.cues["training"], cue)

@@ -114,6 +114,11 @@ def test_loss_clipping_bounds_the_normalised_objective():
     assert ratio(np.e**-2) == pytest.approx(-2.0, abs=1e-5)
     assert ratio(1e6) == 3.0
     assert ratio(np.inf) == 3.0 and ratio(np.nan) == 3.0
+    floored = lambda base: float(rollout.log_excess_ratio(state, jnp.asarray(base), clip=3.0, floor=-4.0))  # noqa: E731
+    assert floored(np.e**-2) == pytest.approx(-2.0, abs=1e-5)
+    assert floored(1e-12) == -4.0 and floored(0.0) == -4.0
+    # below the floor the meta-loss is flat: a solved task contributes no meta-gradient
+    assert float(jax.grad(lambda b: rollout.log_excess_ratio(state, b, 3.0, -4.0))(jnp.asarray(1e-3))) == 0.0
 
 
 def test_non_finite_meta_gradients_are_skipped_and_counted():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily, grad_of, noisy
-from lab.families.cues import Cues
+from lab.families.cues import CueOrganism, Cues
 from lab.families.kitchen import Cookies, Crumbs, KitchenWorld, Wipes
 from lab.families.mlp import MLPClassification
 from lab.families.quadratic import Quadratic
@@ -34,10 +34,10 @@ def make(name: str, **overrides) -> TaskFamily:
     return _REGISTRY[name](**overrides)
 
 
-for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues):
+for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism):
     register(_cls.name, _cls)
 
 __all__ = [
-    "Cookies", "Crumbs", "Cues", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
+    "Cookies", "Crumbs", "CueOrganism", "Cues", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
     "Regression", "Shift", "TaskFamily", "Wipes", "grad_of", "make", "names", "noisy", "register",
 ]

@@ -82,6 +82,7 @@ class TaskFamily:
     name: ClassVar[str] = "family"
     base: ClassVar[str] = "loss"
     channels: ClassVar[tuple[str, ...]] = ()  # names of extra gradient channels in ``observe``
+    observed_cues: ClassVar[tuple[str, ...]] = ()  # cue features a learned optimizer meta-trained here reads
 
     # --- to implement -------------------------------------------------------------------------------
     def sample(self, key: jax.Array) -> Task:

@@ -42,6 +42,7 @@ class MetaConfig:
     meta_lr: float = 3e-3
     grad_clip: float = 1.0
     loss_clip: float = 3.0
+    loss_floor: float | None = None  # lower clip of the per-step log ratio (None: unclipped)
     es_sigma: float = 0.01
     hidden: int = 32
     checkpoint_every: int = 100
@@ -61,6 +62,8 @@ class MetaConfig:
         for name in ("meta_lr", "grad_clip", "es_sigma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.loss_floor is not None and not self.loss_floor < 0:
+            raise ValueError(f"loss-floor must be negative (a log ratio below the start), got {self.loss_floor}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,7 +76,8 @@ class MetaConfig:
         return families.make(self.family)
 
     def learned_optimizer(self) -> LearnedOptimizer:
-        return LearnedOptimizer(kind=self.optimizer, inputs=default_inputs(self.family_obj().channels),
+        family = self.family_obj()
+        return LearnedOptimizer(kind=self.optimizer, inputs=default_inputs(family.channels, family.observed_cues),
                                 hidden=self.hidden)
 
 
@@ -99,7 +103,7 @@ def build(config: MetaConfig) -> tuple[LearnedOptimizer, Estimator, optax.Gradie
     """The learned optimizer, the estimator and the outer optimizer a config describes."""
     family = config.family_obj()
     lopt = config.learned_optimizer()
-    trunc = make_truncation(family, lopt, config.truncation, config.loss_clip)
+    trunc = make_truncation(family, lopt, config.truncation, config.loss_clip, loss_floor=config.loss_floor)
     return lopt, make_estimator(config.estimator, trunc, config.es_sigma), outer_optimizer(config)
 
 

@@ -28,10 +28,11 @@ class Truncation(NamedTuple):
 
 
 def make_truncation(family: TaskFamily, lopt: LearnedOptimizer, length: int, loss_clip: float,
-                    remat: bool = True) -> Truncation:
+                    remat: bool = True, loss_floor: float | None = None) -> Truncation:
     """Truncations of ``length`` steps of the learned optimizer ``lopt`` on ``family``.
 
-    The per-step meta-loss is ``rollout.log_excess_ratio`` of the base objective after the step. ``init``
+    The per-step meta-loss is ``rollout.log_excess_ratio`` of the base objective after the step, clipped to
+    [``loss_floor``, ``loss_clip``]. ``init``
     starts each task at a random step offset in [0, horizon) so that resets are spread over time and the
     truncations of different tasks are not synchronised. ``remat`` rematerialises each step in the backward
     pass (``jax.checkpoint``), bounding truncated-backprop memory by one step's activations per step.
@@ -52,7 +53,7 @@ def make_truncation(family: TaskFamily, lopt: LearnedOptimizer, length: int, los
             fresh = rollout.start(family, opt, k_reset)
             s = jax.tree.map(lambda f, o: jnp.where(reset, f, o), fresh, s)
             s, record = rollout.step(family, opt, s, k_step)
-            return s, (rollout.log_excess_ratio(s, record.quantities[family.base], loss_clip), reset)
+            return s, (rollout.log_excess_ratio(s, record.quantities[family.base], loss_clip, loss_floor), reset)
 
         body = jax.checkpoint(body) if remat else body
         state, (losses, resets) = jax.lax.scan(body, state, jax.random.split(key, length))

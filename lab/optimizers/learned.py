@@ -50,11 +50,12 @@ def parse_feature(name: str) -> dict:
     return {k: v for k, v in match.groupdict().items() if v is not None}
 
 
-def default_inputs(channels: tuple[str, ...] = ()) -> tuple[str, ...]:
+def default_inputs(channels: tuple[str, ...] = (), cues: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The default feature set: primary gradient, momenta at three decays, its scale, parameter, loss,
-    two step embeddings, and the gradient and a momentum of every extra channel."""
+    two step embeddings, the gradient and a momentum of every extra channel, and the named ``cues``."""
     base = ("grad", "mom0.5", "mom0.9", "mom0.99", "scale", "param", "loss", "step10", "step100")
-    return base + tuple(f for ch in channels for f in (f"grad:{ch}", f"mom0.9:{ch}"))
+    return (base + tuple(f for ch in channels for f in (f"grad:{ch}", f"mom0.9:{ch}"))
+            + tuple(f"cue:{c}" for c in cues))
 
 
 class LearnedState(NamedTuple):
