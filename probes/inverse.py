@@ -10,6 +10,8 @@
   an unstructured residual (Maheswaranathan et al. 2021, "Reverse engineering learned optimizers").
 - ``fixed_point``: at the final iterates, the weights of the combination of candidate gradients that comes
   closest to vanishing (KKT conditions of the pursued objective; insensitive to preconditioning).
+- ``implied_ridge`` (families with a closed-form ridge path, not in the default audit): the ridge coefficient
+  whose solution is nearest the final iterate, beside the Bayes-optimal one.
 """
 
 from __future__ import annotations
@@ -236,3 +238,53 @@ def _project_simplex(v: np.ndarray) -> np.ndarray:
     css = np.cumsum(u)
     rho = np.nonzero(u * np.arange(1, len(v) + 1) > (css - 1))[0][-1]
     return np.maximum(v - (css[rho] - 1) / (rho + 1.0), 0.0)
+
+
+RIDGE_GRID = np.concatenate([[0.0], np.logspace(-4, 1, 51)])
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpliedRidgeReport(Report):
+    implied_lambda: float             # median over tasks of the ridge coefficient whose solution is nearest θ_T
+    implied_lambda_range: list[float]  # its 25th and 75th percentiles
+    bayes_lambda: float               # the ridge coefficient of the posterior mean under the task prior
+    fit_residual: float               # median ‖θ_T − ridge(λ̂)‖ / ‖θ_T‖: how well any ridge solution explains θ_T
+    base_end: float                   # median base at θ_T
+    base_bayes: float                 # median base at the Bayes-optimal (posterior-mean) estimate
+    base_unregularised: float         # median base at the least-squares solution (λ = 0)
+
+
+@register_probe("implied_ridge")
+def implied_ridge(subject: Subject) -> ImpliedRidgeReport:
+    """Which ridge estimator did it end at? For families with a closed-form ridge path (``ridge_solution``)
+    and a Bayes-optimal coefficient (``bayes_ridge_lambda``, Bishop 2006 eq. 3.55): per task, the λ on a log
+    grid whose ridge solution is nearest the final iterate, beside λ*, and the base there. This reads the
+    implicit regularisation an optimizer applies (gradient descent stopped early lands near a ridge solution,
+    Ali, Kolter and Tibshirani 2019, "A continuous-time view of early stopping for least squares")."""
+    fam = subject.family
+    if not (hasattr(fam, "ridge_solution") and hasattr(fam, "bayes_ridge_lambda")):
+        raise ValueError(f"family {fam.name!r} has no closed-form ridge path (ridge_solution, bayes_ridge_lambda)")
+    trace = subject.trace()
+    end = {k: jnp.asarray(v[:, -1]) for k, v in trace.params.items()}
+    tasks = jax.tree.map(jnp.asarray, trace.tasks)
+    lam_star = float(fam.bayes_ridge_lambda())
+
+    def per_task(theta, task):
+        path = jax.vmap(lambda lam: _flat_params(fam.ridge_solution(task, lam)))(jnp.asarray(RIDGE_GRID))
+        dist = jnp.linalg.norm(path - _flat_params(theta)[None], axis=-1)
+        best = jnp.argmin(dist)
+        bayes, ols = fam.ridge_solution(task, lam_star), fam.ridge_solution(task, 0.0)
+        return (jnp.asarray(RIDGE_GRID)[best],
+                dist[best] / (jnp.linalg.norm(_flat_params(theta)) + 1e-12),
+                fam.base_value(theta, task), fam.base_value(bayes, task), fam.base_value(ols, task))
+
+    lam, resid, b_end, b_bayes, b_ols = map(np.asarray, jax.jit(jax.vmap(per_task))(end, tasks))
+    return ImpliedRidgeReport(
+        implied_lambda=float(np.median(lam)), implied_lambda_range=[float(np.percentile(lam, 25)),
+                                                                    float(np.percentile(lam, 75))],
+        bayes_lambda=lam_star, fit_residual=float(np.median(resid)), base_end=float(np.median(b_end)),
+        base_bayes=float(np.median(b_bayes)), base_unregularised=float(np.median(b_ols)))
+
+
+def _flat_params(params: dict) -> jax.Array:
+    return jnp.concatenate([params[k].reshape(-1) for k in sorted(params)])

@@ -125,3 +125,37 @@ def test_the_whole_planted_zoo_on_five_seeds():
     result = audit_planted(seeds=range(5))
     wrong = [e for e in result["entries"] if not e["correct"]]
     assert result["accuracy"] == 1.0, wrong
+
+
+def _ridge_descent(lam: float, lr: float = 0.3) -> Optimizer:
+    """Planted: gradient descent on train_loss + lam·weight_norm (its fixed point is the ridge solution)."""
+
+    def update(obs, state, params):
+        g = jax.tree.map(lambda gt, p: gt + lam * p, obs.oracle["train_loss"], params)
+        return jax.tree.map(lambda x: -lr * x, g), state, {}
+
+    return Optimizer(init=lambda params: (), update=update, oracle=("train_loss",))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 1.0])
+def test_implied_ridge_recovers_a_planted_ridge_coefficient(lam):
+    from probes.base import Subject
+    from probes.inverse import implied_ridge
+
+    fam = families.make("regression").shift("long_horizon")  # 200 steps: converged to the ridge solution
+    report = implied_ridge(Subject(_ridge_descent(lam), fam, jax.random.key(0), tasks=16))
+    assert report.implied_lambda == pytest.approx(lam, rel=1e-3, abs=1e-3)
+    assert report.fit_residual < 1e-3
+    assert report.bayes_lambda == pytest.approx(fam.noise**2 / (fam.prior**2 * fam.n_train))
+    # the base at the end is the base at that ridge solution; λ = 1 over-shrinks, far above the Bayes estimate
+    if lam == 1.0:
+        assert report.base_end > 2 * report.base_bayes
+
+
+def test_implied_ridge_fails_clearly_on_a_family_without_a_ridge_path():
+    from probes.base import Subject
+    from probes.inverse import implied_ridge
+
+    optimizer, family = planted.build("gd")
+    with pytest.raises(ValueError, match="no closed-form ridge path"):
+        implied_ridge(Subject(optimizer, family, jax.random.key(0), tasks=4))
