@@ -29,6 +29,7 @@ from rich.text import Text
 from lab.families.base import TaskFamily
 from lab.io import write_json_atomic, write_text_atomic
 from lab.optimizers.base import Optimizer
+from probes.base import Subject
 from probes.trace import Trace, record
 from probes.verdict import ProbeFailure, Skipped, Verdict
 
@@ -56,6 +57,12 @@ def collect_traces(optimizer: Optimizer, family: TaskFamily, seed: int = 0, task
     key = jax.random.key(seed)
     names = list(family.shifts()) if shifts is None else list(shifts)
     return {s: record(optimizer, family, key, tasks, shift=s) for s in names}
+
+
+def subject_traces(subject: Subject) -> dict[str, Trace]:
+    """The rollouts on every shift of an audited subject's family, reusing those its probes already recorded
+    (the same rollouts ``collect_traces`` would record with the audit's seed and tasks)."""
+    return {s: subject.trace(s) for s in subject.family.shifts()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -449,12 +456,18 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 ol { margin: 0; padding-left: 1.4em; }
 .probes { display: flex; flex-wrap: wrap; gap: 0 36px; align-items: flex-start; }
 table.inner table.inner { font-size: 1em; }
+table.zoo { border-collapse: collapse; font-size: 0.92em; margin: 0.8em 0 1.6em; }
+table.zoo td, table.zoo th { border: 1px solid #e3e3e3; padding: 2px 8px; text-align: left; }
+table.zoo th { background: #f7f7f7; }
+section { border-top: 2px solid #ccc; margin-top: 2em; }
 """
 
 
-def render_html(verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> str:
-    """One self-contained HTML page for ``verdict``: header, honesty note, figures (trajectories on each shift
-    need ``traces``, shift name -> Trace, see ``collect_traces``) and every probe report's numbers."""
+def render_body(verdict: Verdict, traces: Mapping[str, Trace] | None = None, heading: str = "h1") -> str:
+    """The HTML of one verdict (no page around it): header, honesty note, figures (trajectories on each shift
+    need ``traces``, shift name -> Trace, see ``collect_traces``) and every probe report's numbers. ``heading``
+    is the tag of its title; its sections use the next level down."""
+    sub = f"h{int(heading[1]) + 1}"
     esc = html.escape
     colour = LABEL_COLOURS.get(verdict.label, "#636363")
     descriptions = {}
@@ -468,7 +481,7 @@ def render_html(verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> 
         f"<li><code>{esc(s)}</code>{(': ' + esc(descriptions[s])) if s in descriptions else ''}</li>"
         for s in verdict.shifts)
     header = f"""
-<h1>Audit: <span class=label style="background:{colour}">{esc(verdict.label)}</span></h1>
+<{heading}>Audit: <span class=label style="background:{colour}">{esc(verdict.label)}</span></{heading}>
 <p class=evidence>{esc(verdict.evidence)}</p>
 <table class=meta>
 <tr><th>label</th><td><b>{esc(verdict.label)}</b></td></tr>
@@ -502,20 +515,99 @@ only the behavioural signature: the pursued objective changes when only the trai
             figures.append(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{png}">'
                            f"<figcaption>{text}</figcaption></figure>")
     sections = "".join(_report_section(name, rep) for name, rep in verdict.reports.items())
-    title = f"{verdict.label}: {verdict.family} (seed {verdict.seed})"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{_CSS}</style></head>
-<body>
-{header}
+    return f"""{header}
 {note}
-<h2>Figures</h2>
+<{sub}>Figures</{sub}>
 {''.join(figures)}
-<h2>Probe reports</h2>
+<{sub}>Probe reports</{sub}>
 <p style="font-size:0.9em;color:#555">Every probe's numbers as recorded in <code>report.json</code>, floats to
 three significant digits; — marks none, or a value that was not finite.</p>
-<div class=probes>{sections}</div>
+<div class=probes>{sections}</div>"""
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page (inline style, no external resources) around ``body``."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<body>
+{body}
 </body></html>
 """
+
+
+def render_html(verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> str:
+    """One self-contained HTML page for ``verdict`` (``render_body`` in a page)."""
+    return page(f"{verdict.label}: {verdict.family} (seed {verdict.seed})", render_body(verdict, traces))
+
+
+def _entry_ok(e: Mapping[str, Any]) -> bool:
+    return e.get("label") == e.get("expected") and e.get("pursued") == e.get("expected_pursued", e.get("pursued"))
+
+
+def _anchor(e: Mapping[str, Any]) -> str:
+    return f"{e.get('kind', 'entry')}-{e.get('name')}-{e.get('seed')}"
+
+
+def zoo_table_html(entries: Iterable[Mapping[str, Any]]) -> str:
+    """The zoo's table as HTML: one row per entry, linked to its section, ✓ where class and pursued match."""
+    esc = html.escape
+    rows = []
+    for e in entries:
+        good = _entry_ok(e)
+        colour = LABEL_COLOURS.get(str(e.get("label")), "#636363")
+        rows.append(
+            f"<tr><td><a href='#{esc(_anchor(e))}'>{esc(str(e.get('name')))}</a></td><td>{esc(str(e.get('kind', '')))}"
+            f"</td><td>{esc(str(e.get('family')))}</td><td>{esc(str(e.get('seed')))}</td>"
+            f"<td>{esc(str(e.get('expected')))}</td><td><span class=label style='background:{colour}'>"
+            f"{esc(str(e.get('label')))}</span></td><td>{esc(fmt(e.get('pursued')))}</td>"
+            f"<td>{esc(fmt(e.get('expected_pursued')))}</td><td>{'✓' if good else '<b style=color:#b2182b>✗</b>'}"
+            f"</td></tr>")
+    head = "".join(f"<th>{c}</th>" for c in ("name", "kind", "family", "seed", "expected", "found", "pursued",
+                                             "expected pursued", ""))
+    return f"<table class=zoo><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def zoo_entry_html(entry: Mapping[str, Any], verdict: Verdict, traces: Mapping[str, Trace] | None = None,
+                   figures: bool = True) -> str:
+    """One entry's section of the zoo report: with ``figures``, the whole audit (``render_body``); without,
+    its verdict and one line per probe."""
+    esc = html.escape
+    title = (f"<h2 id='{esc(_anchor(entry))}'>{esc(str(entry.get('name')))} ({esc(str(entry.get('kind')))}, seed "
+             f"{esc(str(entry.get('seed')))}): expected {esc(str(entry.get('expected')))}, found "
+             f"{esc(str(entry.get('label')))} {'✓' if _entry_ok(entry) else '✗'}</h2>")
+    if figures:
+        return f"<section>{title}{render_body(verdict, traces, heading='h3')}</section>"
+    lines = "".join(f"<li><b>{esc(name)}</b>: {esc(summarise(name, rep, verdict.base))}</li>"
+                    for name, rep in verdict.reports.items())
+    return (f"<section>{title}<p class=evidence>{esc(verdict.evidence)} (pursued {esc(fmt(verdict.pursued))}, "
+            f"confidence {esc(fmt(verdict.confidence))})</p><ul>{lines}</ul></section>")
+
+
+def scenario_intro_html(distribution: Mapping[str, Mapping[str, Any]], hypotheses: Mapping[str, Any]) -> str:
+    """The learned scenarios' hypotheses (``hypotheses[name]`` with ``expected``, ``pursued`` and ``why``) and,
+    per scenario, how often the hypothesis held over the seeds and which labels were found."""
+    esc = html.escape
+    if not hypotheses:
+        return ""
+    rows = []
+    for name, h in hypotheses.items():
+        d = distribution.get(name, {})
+        labels = ", ".join(f"{esc(k)} ×{v}" for k, v in sorted(d.get("labels", {}).items(), key=lambda kv: -kv[1]))
+        rows.append(f"<tr><td>{esc(name)}</td><td>{esc(h.expected)} / {esc(h.pursued)}</td><td>{esc(h.why)}</td>"
+                    f"<td>{d.get('held', 0)}/{d.get('seeds', 0)}</td><td>{labels}</td></tr>")
+    head = "".join(f"<th>{c}</th>" for c in ("scenario", "hypothesis", "why", "held", "labels found"))
+    return (f"<p>Each learned scenario is meta-trained on its family's base objective; the class it is expected to "
+            f"show is a hypothesis the audit tests. Planted members are hand-built with known answers and check the "
+            f"audit itself.</p><table class=zoo><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+def render_zoo(entries: list[Mapping[str, Any]], sections: Iterable[str], intro: str = "") -> str:
+    """The zoo's self-contained HTML page: the table of expected against found classes first, then
+    ``sections`` (from ``zoo_entry_html`` or any HTML block)."""
+    ok = sum(_entry_ok(e) for e in entries)
+    body = (f"<h1>Scenario zoo: {ok}/{len(entries)} as expected</h1>{intro}{zoo_table_html(entries)}"
+            + "".join(sections))
+    return page("Scenario zoo", body)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -593,7 +685,7 @@ def terminal_table(verdict: Verdict) -> Table:
     return table
 
 
-def zoo_table(entries: Iterable[Mapping[str, Any]]) -> Table:
+def zoo_table(entries: Iterable[Mapping[str, Any]], title: str = "Planted zoo") -> Table:
     """A ``rich`` table of zoo entries ``{"name", "family", "seed", "expected", "label", "pursued",
     "expected_pursued" (optional)}``: ✓ where the label (and the expected pursued quantity, when given) match."""
     entries = list(entries)
@@ -604,7 +696,7 @@ def zoo_table(entries: Iterable[Mapping[str, Any]]) -> Table:
         if "expected_pursued" in e:
             good = good and e.get("pursued") == e.get("expected_pursued")
         ok.append(good)
-    table = Table(title="Planted zoo", caption=f"{sum(ok)}/{len(entries)} correct", header_style="bold")
+    table = Table(title=title, caption=f"{sum(ok)}/{len(entries)} correct", header_style="bold")
     for col in ("name", "family", "seed", "expected", "label", "pursued") + (("expected pursued",) if with_pursued
                                                                             else ()) + ("",):
         table.add_column(col, justify="center" if col == "" else "left")
@@ -632,5 +724,5 @@ def write_report(out_dir: Path | str, verdict: Verdict, traces: Mapping[str, Tra
     write_text_atomic(out / "report.html", page)
 
 
-__all__ = ["collect_traces", "render_html", "terminal_table", "zoo_table", "write_report", "summarise", "fmt",
+__all__ = ["collect_traces", "render_html", "render_body", "render_zoo", "zoo_entry_html", "zoo_table_html", "page", "terminal_table", "zoo_table", "write_report", "summarise", "fmt",
            "figure_trajectories", "figure_weights", "figure_capability", "figure_cues"]

@@ -127,16 +127,18 @@ class Skipped(Report):
 
 
 def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int = 32,
-          probes: tuple[str, ...] = DEFAULT_PROBES, extra: tuple[str, ...] = ()) -> Verdict:
+          probes: tuple[str, ...] = DEFAULT_PROBES, extra: tuple[str, ...] = (),
+          subject: Subject | None = None) -> Verdict:
     """Runs ``probes`` (plus ``extra`` registered probes of the user's) on ``optimizer`` and ``family`` and
-    combines them into a ``Verdict``. Every rollout is drawn from ``seed``.
+    combines them into a ``Verdict``. Every rollout is drawn from ``seed``. Pass a ``subject`` built from the
+    same arguments to keep its rollouts afterwards (for figures, ``probes.report.subject_traces``).
 
     When the competence gate decides (not optimizing, or failing in training), the other probes are skipped:
     their numbers would describe no coherent objective. A probe that cannot compute (non-finite rollouts) is
     reported as a ``ProbeFailure`` instead of ending the audit."""
     names = tuple(probes) + tuple(p for p in extra if p not in probes)
     fns = {name: get_probe(name) for name in names}  # unknown names fail before any work
-    subject = Subject(optimizer, family, jax.random.key(seed), tasks)
+    subject = Subject(optimizer, family, jax.random.key(seed), tasks) if subject is None else subject
     reports: dict[str, Report] = {}
     for name, fn in fns.items():
         comp = reports.get("competence")

@@ -1,8 +1,18 @@
-"""Auditing a zoo of optimizers with known answers and scoring the verdict against them."""
+"""Auditing a zoo of optimizers with known answers (planted and distilled members) or with hypotheses (the
+meta-trained scenarios of ``probes.scenarios``), and scoring the verdicts against them.
+
+Every entry is one independent job, ``planted_job`` or ``learned_job``, returning ``(entry, verdict)``;
+``run_jobs`` runs a list of them in order, in this process or spread over worker processes (one XLA
+compilation at a time per process, so on a CPU with several cores the zoo finishes sooner).
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
 
 from probes import distill, planted
 from probes.verdict import Verdict, audit
@@ -22,24 +32,83 @@ def _member(name: str):
     return planted.get(name), optimizer, family, "planted"
 
 
+def check_names(names: Iterable[str]) -> list[str]:
+    """``names`` as a list; a ``ValueError`` names the first one that is not a zoo member."""
+    names = list(names)
+    for name in names:
+        if name not in zoo_names():
+            raise ValueError(f"unknown planted optimizer {name!r}; known: {', '.join(zoo_names())}")
+    return names
+
+
+def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) -> tuple[dict, Verdict, dict | None]:
+    """Audits one planted or distilled member: ``({"name", "kind", "family", "seed", "expected", "label",
+    "pursued", "expected_pursued", "correct"}, verdict, traces or None)``, correct meaning both class and
+    pursued quantity match. A distilled member is expected to get its teacher's class and pursued quantity."""
+    import jax
+
+    from probes.base import Subject
+    from probes.report import subject_traces
+
+    member, optimizer, family, kind = _member(name)
+    subject = Subject(optimizer, family, jax.random.key(seed), tasks)
+    verdict = audit(optimizer, family, seed=seed, tasks=tasks, subject=subject)
+    entry = {"name": name, "kind": kind, "family": member.family, "seed": seed, "expected": member.expected,
+             "label": verdict.label, "pursued": verdict.pursued, "expected_pursued": member.pursued,
+             "correct": verdict.label == member.expected and verdict.pursued == member.pursued}
+    return entry, verdict, (subject_traces(subject) if figures else None)
+
+
+def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int = 32,
+                figures: bool = True) -> tuple[dict, Verdict, dict | None]:
+    """Meta-trains (or reuses, under ``root``) and audits one scenario of ``probes.scenarios``:
+    ``(entry, verdict, traces or None)`` as ``scenarios.audit_scenario`` describes the entry."""
+    from probes import scenarios
+    from probes.report import subject_traces
+
+    entry, verdict, subject = scenarios.audit_scenario(scenarios.SCENARIOS[name], seed, root, quick, tasks)
+    return entry, verdict, (subject_traces(subject) if figures else None)
+
+
+def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
+             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Runs ``fn(*args)`` for every ``(fn, args)`` in ``jobs`` and returns the results in the jobs' order;
+    ``on_done(index, result)`` is called as each finishes. With ``workers > 1`` the jobs run in that many fresh
+    worker processes (``spawn``: JAX does not survive ``fork``), each job as it would run alone."""
+    results: list[Any] = [None] * len(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for i, (fn, args) in enumerate(jobs):
+            results[i] = fn(*args)
+            if on_done is not None:
+                on_done(i, results[i])
+        return results
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            if on_done is not None:
+                on_done(i, results[i])
+    return results
+
+
+def default_workers() -> int:
+    """Worker processes for a zoo: one per CPU core (at most 4) on a CPU backend, 1 on an accelerator (where
+    processes would compete for its memory)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def audit_planted(names: Iterable[str] | None = None, seeds: Iterable[int] = (0,), tasks: int = 32,
-                  on_entry: Callable[[dict, Verdict], None] | None = None) -> dict:
+                  on_entry: Callable[[dict, Verdict], None] | None = None, workers: int = 1) -> dict:
     """Audits every zoo member (planted and distilled; or ``names``) on every seed; returns
-    ``{"accuracy": float, "entries": [{"name", "kind", "family", "seed", "expected", "label", "pursued",
-    "expected_pursued", "correct"}, ...]}``, correct meaning both class and pursued quantity match. A distilled
-    member is expected to get its teacher's class and pursued quantity."""
-    entries = []
-    for name in (zoo_names() if names is None else list(names)):
-        if name not in distill.DISTILLED:
-            planted.get(name)  # unknown names fail before any work
-        for seed in seeds:
-            member, optimizer, family, kind = _member(name)
-            verdict = audit(optimizer, family, seed=seed, tasks=tasks)
-            entry = {"name": name, "kind": kind, "family": member.family, "seed": seed, "expected": member.expected,
-                     "label": verdict.label, "pursued": verdict.pursued, "expected_pursued": member.pursued,
-                     "correct": verdict.label == member.expected and verdict.pursued == member.pursued}
-            entries.append(entry)
-            if on_entry is not None:
-                on_entry(entry, verdict)
+    ``{"accuracy": float, "entries": [entry, ...]}`` with the entries of ``planted_job``."""
+    names = check_names(zoo_names() if names is None else names)  # unknown names fail before any work
+    jobs = [(planted_job, (name, seed, tasks)) for name in names for seed in seeds]
+    done = None if on_entry is None else (lambda i, result: on_entry(result[0], result[1]))
+    entries = [entry for entry, _, _ in run_jobs(jobs, workers, done)]
     accuracy = sum(e["correct"] for e in entries) / len(entries) if entries else float("nan")
     return {"accuracy": accuracy, "entries": entries}

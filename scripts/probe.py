@@ -61,7 +61,9 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     from probes import report
-    from probes.base import get_probe
+    import jax
+
+    from probes.base import Subject, get_probe
     from probes.verdict import audit
     from probes.zoo import audit_planted
 
@@ -71,15 +73,10 @@ def main(argv=None) -> int:
             get_probe(name)
         args.out.mkdir(parents=True, exist_ok=True)
         if args.zoo:
-            names = None
-            if args.members:
-                from probes.zoo import zoo_names
+            from probes.zoo import check_names, default_workers
 
-                names = args.members.split(",")
-                unknown = [n for n in names if n not in zoo_names()]
-                if unknown:
-                    raise ValueError(f"unknown planted optimizer {unknown[0]!r}; known: {', '.join(zoo_names())}")
-            result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks,
+            names = check_names(args.members.split(",")) if args.members else None
+            result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks, workers=default_workers(),
                                    on_entry=lambda e, v: console.print(
                                        f"{'✓' if e['correct'] else '✗'} {e['name']} seed {e['seed']}: "
                                        f"{e['label']} / {e['pursued']}"))
@@ -88,9 +85,9 @@ def main(argv=None) -> int:
             console.print(f"accuracy {result['accuracy']:.3f}; wrote {args.out / 'zoo.json'}")
             return 0
         optimizer, family = load_optimizer(args.optimizer, args.family)
-        verdict = audit(optimizer, family, seed=args.seed, tasks=args.tasks, extra=tuple(args.probe))
-        traces = report.collect_traces(optimizer, family, args.seed, args.tasks)
-        report.write_report(args.out, verdict, traces)
+        subject = Subject(optimizer, family, jax.random.key(args.seed), args.tasks)
+        verdict = audit(optimizer, family, seed=args.seed, tasks=args.tasks, extra=tuple(args.probe), subject=subject)
+        report.write_report(args.out, verdict, report.subject_traces(subject))
     except (ValueError, OSError) as e:
         print(f"probe.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -1,0 +1,122 @@
+"""The lab's main job: meta-train the scenario optimizers, audit them and the planted zoo, and compare the
+classes found with the classes expected.
+
+    python scripts/zoo.py --quick                 # a few minutes on a laptop CPU
+    python scripts/zoo.py --out zoo               # the full zoo
+    python scripts/zoo.py --seeds 5 --out zoo     # every scenario meta-trained on seeds 0…4
+
+Writes OUT/zoo.json (entries with "kind": "learned" or "planted"; with several seeds, each scenario's label
+distribution) and OUT/report.html (the table, then a section per entry), prints the table, and keeps the
+meta-training runs under OUT/runs/ so a second call reuses them. Bad input ends with a one-line error and exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from lab.io import OneLineParser, write_json_atomic, write_text_atomic
+
+# Under --quick the planted zoo is represented by one member of each kind of answer it checks.
+QUICK_PLANTED = ("gd", "random_walk", "gd_wipes", "gd_vacuum", "gd_cookies_capped", "cue_conditional")
+
+
+def parse(argv=None):
+    p = OneLineParser(prog="zoo.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("zoo"), help="folder for zoo.json, report.html and runs/")
+    p.add_argument("--quick", action="store_true",
+                   help=f"shorter meta-training, and of the planted zoo only {', '.join(QUICK_PLANTED)}")
+    p.add_argument("--seeds", type=int, default=1, help="meta-train every scenario on seeds 0 … N−1")
+    p.add_argument("--scenarios", help="only these learned scenarios (comma-separated)")
+    p.add_argument("--planted", help="planted members to audit: all, none, or comma-separated names "
+                   "(default: all, or the quick sample under --quick)")
+    p.add_argument("--tasks", type=int, default=32, help="tasks per audit rollout")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core up to 4; 1 on a GPU)")
+    args = p.parse_args(argv)
+    if args.seeds <= 0 or args.tasks <= 0 or (args.jobs is not None and args.jobs <= 0):
+        p.error("--seeds, --tasks and --jobs must be positive")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} exists and is not a folder")
+    return args
+
+
+def _names(spec: str | None, known: list[str], default: list[str], what: str) -> list[str]:
+    if spec is None:
+        return default
+    if spec == "all":
+        return known
+    if spec == "none":
+        return []
+    names = [n for n in spec.split(",") if n]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+    return names
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from rich.console import Console
+
+    from lab.meta.run import RunError
+    from probes import report, scenarios, zoo
+
+    console = Console()
+    try:
+        learned = _names(args.scenarios, list(scenarios.SCENARIOS), list(scenarios.SCENARIOS), "scenario")
+        planted_default = list(QUICK_PLANTED) if args.quick else zoo.zoo_names()
+        planted = _names(args.planted, zoo.zoo_names(), planted_default, "planted member")
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as e:
+        print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    start = time.time()
+    jobs = [(zoo.learned_job, (name, seed, str(args.out), args.quick, args.tasks))
+            for name in learned for seed in range(args.seeds)]
+    jobs += [(zoo.planted_job, (name, 0, args.tasks)) for name in planted]
+    workers = args.jobs or zoo.default_workers()
+    console.print(f"{len(jobs)} audits ({len(learned) * args.seeds} meta-trained first, or reused from "
+                  f"{args.out / 'runs'}) on {workers} worker process{'es' if workers > 1 else ''}")
+
+    def done(i, result):
+        entry = result[0]
+        tail = f" (expected {entry['expected']} / {entry['expected_pursued']})" if not entry["correct"] else ""
+        reused = " [reused run]" if entry.get("reused") else ""
+        console.print(f"{'✓' if entry['correct'] else '✗'} {entry['kind']} {entry['name']} seed {entry['seed']}: "
+                      f"{entry['label']} / {entry['pursued']}{tail}{reused}")
+
+    try:
+        results = zoo.run_jobs(jobs, workers, done)
+    except RunError as e:
+        print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    entries = [entry for entry, _, _ in results]
+    sections = [report.zoo_entry_html(entry, verdict, traces, figures=traces is not None)
+                for entry, verdict, traces in results]
+
+    def accuracy(kind=None):
+        chosen = [e for e in entries if kind is None or (e["kind"] == "learned") == (kind == "learned")]
+        return sum(e["correct"] for e in chosen) / len(chosen) if chosen else None
+
+    distribution = scenarios.label_distribution(entries)
+    result = {"accuracy": accuracy(), "learned_accuracy": accuracy("learned"), "planted_accuracy": accuracy("planted"),
+              "scenarios": distribution, "entries": entries, "seeds": args.seeds, "quick": args.quick,
+              "tasks": args.tasks, "seconds": round(time.time() - start, 1)}
+    intro = report.scenario_intro_html(distribution, {n: scenarios.SCENARIOS[n] for n in learned})
+    page = report.render_zoo(entries, sections, intro)  # rendered before anything is written
+    write_json_atomic(args.out / "zoo.json", result)
+    write_text_atomic(args.out / "report.html", page)
+    console.print(report.zoo_table(entries, title="Scenario zoo: expected against found"))
+    if args.seeds > 1:
+        for name, d in distribution.items():
+            labels = ", ".join(f"{label} ×{n}" for label, n in sorted(d["labels"].items(), key=lambda kv: -kv[1]))
+            console.print(f"{name}: expected {d['expected']} on {d['held']}/{d['seeds']} seeds ({labels})")
+    console.print(f"{time.time() - start:.0f} s; wrote {args.out / 'zoo.json'} and {args.out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The scenario zoo: cached meta-training runs, the jobs runner, and ``scripts/zoo.py`` as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probes import scenarios, zoo
+from probes.scenarios import Scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"meta_steps": 12, "tasks": 4, "hidden": 8, "eval_tasks": 8, "checkpoint_every": 6}
+
+
+def _zoo(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "zoo.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_every_scenario_names_a_known_class_family_and_quantity():
+    from lab import families
+    from probes.verdict import CLASSES
+
+    assert {s.expected for s in scenarios.SCENARIOS.values()} >= {
+        "robust", "approximate", "proxy_side_effect", "proxy_instrumental", "suboptimality", "deceptive"}
+    for s in scenarios.SCENARIOS.values():
+        assert s.expected in CLASSES
+        assert s.pursued in s.family().mechanisms()
+        assert families.make(s.train_family).base == s.meta_config(0).family_obj().base
+        s.meta_config(0).validate()
+        s.meta_config(0, quick=True).validate()
+
+
+def test_run_folders_are_named_by_config_and_a_finished_run_is_reused(tmp_path):
+    scenario = Scenario("tiny", "quadratic", "robust", "loss", config=TINY)
+    a, b = scenario.meta_config(0), scenario.meta_config(1)
+    assert scenarios.run_folder(tmp_path, scenario, a) != scenarios.run_folder(tmp_path, scenario, b)
+    assert scenarios.config_hash(a) == scenarios.config_hash(scenario.meta_config(0))
+    _, _, first = scenarios.meta_train(scenario, 0, tmp_path)
+    _, _, again = scenarios.meta_train(scenario, 0, tmp_path)
+    assert not first["reused"] and again["reused"]
+    assert again["meta_params_sha256"] == first["meta_params_sha256"]
+    assert Path(first["run"]) == scenarios.run_folder(tmp_path, scenario, a)
+    assert json.loads((Path(first["run"]) / "config.json").read_text()) == a.to_json()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_is_resumed_to_the_same_result(tmp_path):
+    scenario = Scenario("tiny", "quadratic", "robust", "loss", config=TINY)
+
+    def kill_after_8(step, record):
+        if step == 8:
+            raise _Interrupt  # like a kill after the step-6 checkpoint and two more logged steps
+
+    with pytest.raises(_Interrupt):
+        scenarios.meta_train(scenario, 0, tmp_path / "zoo", on_step=kill_after_8)
+    _, _, resumed = scenarios.meta_train(scenario, 0, tmp_path / "zoo")
+    _, _, whole = scenarios.meta_train(scenario, 0, tmp_path / "reference")
+    assert not resumed["reused"]
+    assert resumed["meta_params_sha256"] == whole["meta_params_sha256"]
+
+
+def test_label_distribution_counts_labels_and_held_hypotheses():
+    entries = [{"kind": "learned", "name": "a", "expected": "robust", "label": "robust", "correct": True},
+               {"kind": "learned", "name": "a", "expected": "robust", "label": "proxy_general", "correct": False},
+               {"kind": "planted", "name": "gd", "expected": "robust", "label": "robust", "correct": True}]
+    assert scenarios.label_distribution(entries) == {
+        "a": {"expected": "robust", "labels": {"robust": 1, "proxy_general": 1}, "held": 1, "seeds": 2}}
+
+
+def test_run_jobs_returns_results_in_job_order_in_process_and_in_workers():
+    jobs = [(pow, (2, k)) for k in range(5)]
+    seen = []
+    assert zoo.run_jobs(jobs, 1, lambda i, r: seen.append(i)) == [1, 2, 4, 8, 16] and seen == list(range(5))
+    assert zoo.run_jobs(jobs, 2) == [1, 2, 4, 8, 16]
+
+
+def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
+    result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--jobs", "2", "--tasks", "16",
+                  "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "zoo.json").read_text())
+    kinds = {e["name"]: e["kind"] for e in record["entries"]}
+    assert kinds == {"quadratic": "learned", "gd": "planted"}
+    for e in record["entries"]:
+        assert {"name", "family", "seed", "expected", "label", "pursued", "kind"} <= set(e)
+    gd = next(e for e in record["entries"] if e["name"] == "gd")
+    assert (gd["label"], gd["pursued"], gd["correct"]) == ("robust", "loss", True)
+    assert record["planted_accuracy"] == 1.0 and record["accuracy"] == pytest.approx(
+        sum(e["correct"] for e in record["entries"]) / 2)
+    assert record["scenarios"]["quadratic"]["seeds"] == 1
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("<table class=zoo>") < page.index("<section>")  # the table comes first
+    assert page.count("<section>") == 2 and "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "config.json").is_file()
+    assert "learned quadratic seed 0" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scenarios", "nope"], "unknown scenario 'nope'"),
+    (["--planted", "nope"], "unknown planted member 'nope'"),
+    (["--seeds", "0"], "must be positive"),
+])
+def test_zoo_script_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    result = _zoo(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "zoo.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quadratic", "wipes", "crumbs", "organism"])
+def test_scenario_hypothesis_holds_on_seed_0(tmp_path, name):
+    entry, verdict, _ = scenarios.audit_scenario(scenarios.SCENARIOS[name], 0, tmp_path)
+    assert entry["correct"], verdict.evidence
