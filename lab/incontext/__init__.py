@@ -1,0 +1,19 @@
+"""In-context mesa-optimizers: sequence models meta-trained on regression tasks that fit each new task from the
+examples in their context (von Oswald et al. 2022, "Transformers learn in-context by gradient descent").
+
+- ``family``: the task distribution, its shifts and the candidate inner objectives (``ICLFamily``).
+- ``references``: closed-form reference learners (GD, GD++, least squares, ridge, pool posteriors) and their
+  optimal parameters.
+- ``models``: linear self-attention (single, multi-layer, looped) and softmax attention, in Flax NNX; the
+  hand-constructed GD / GD++ weights.
+- ``train``: meta-training with optax Adam, tasks as the batch.
+"""
+
+from lab.incontext.family import ICLFamily, ridge, ridge_name, tokens
+from lab.incontext.models import ModelSpec, apply, build, gd_lsa, stream
+from lab.incontext.references import Reference, gd1_optimum, gd_optimum, gdpp_optimum, reference_set
+from lab.incontext.train import TrainConfig, meta_train, predictions, query_loss
+
+__all__ = ["ICLFamily", "ModelSpec", "Reference", "TrainConfig", "apply", "build", "gd1_optimum", "gd_lsa",
+           "gd_optimum", "gdpp_optimum", "meta_train", "predictions", "query_loss", "reference_set", "ridge", "ridge_name", "stream",
+           "tokens"]
