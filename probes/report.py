@@ -541,6 +541,8 @@ def render_html(verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> 
 
 
 def _entry_ok(e: Mapping[str, Any]) -> bool:
+    if "correct" in e:
+        return bool(e["correct"])
     return e.get("label") == e.get("expected") and e.get("pursued") == e.get("expected_pursued", e.get("pursued"))
 
 

@@ -70,6 +70,18 @@ def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+def incontext_job(seed: int = 0, quick: bool = False) -> tuple[list[dict], str]:
+    """Meta-trains and audits the in-context models of ``probes.incontext`` (under ``quick`` only the
+    one-layer linear self-attention model): ``(entries, HTML section)``, each entry marked ``correct``."""
+    from probes import incontext
+
+    models = incontext.suite(quick=True)[:1] if quick else incontext.suite(quick=False)
+    entries, section = incontext.run_suite(models, seed=seed, quick=quick)
+    for e in entries:
+        e["correct"] = e["label"] == e["expected"] and e.get("expected_pursued") in (None, e["pursued"])
+    return entries, section
+
+
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
              on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Runs ``fn(*args)`` for every ``(fn, args)`` in ``jobs`` and returns the results in the jobs' order;

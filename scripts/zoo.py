@@ -32,6 +32,8 @@ def parse(argv=None):
     p.add_argument("--scenarios", help="only these learned scenarios (comma-separated)")
     p.add_argument("--planted", help="planted members to audit: all, none, or comma-separated names "
                    "(default: all, or the quick sample under --quick)")
+    p.add_argument("--no-incontext", dest="incontext", action="store_false",
+                   help="leave out the in-context models (under --quick only the one-layer model runs)")
     p.add_argument("--tasks", type=int, default=32, help="tasks per audit rollout")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core up to 4; 1 on a GPU)")
     args = p.parse_args(argv)
@@ -76,26 +78,38 @@ def main(argv=None) -> int:
     start = time.time()
     jobs = [(zoo.learned_job, (name, seed, str(args.out), args.quick, args.tasks))
             for name in learned for seed in range(args.seeds)]
+    if args.incontext:
+        jobs.append((zoo.incontext_job, (0, args.quick)))
     jobs += [(zoo.planted_job, (name, 0, args.tasks)) for name in planted]
     workers = args.jobs or zoo.default_workers()
-    console.print(f"{len(jobs)} audits ({len(learned) * args.seeds} meta-trained first, or reused from "
-                  f"{args.out / 'runs'}) on {workers} worker process{'es' if workers > 1 else ''}")
+    console.print(f"{len(jobs)} jobs: {len(learned) * args.seeds} learned scenarios (meta-trained, or reused from "
+                  f"{args.out / 'runs'}){', the in-context models' if args.incontext else ''} and {len(planted)} "
+                  f"planted members, on {workers} worker process{'es' if workers > 1 else ''}")
 
-    def done(i, result):
-        entry = result[0]
+    def show(entry):
         tail = f" (expected {entry['expected']} / {entry['expected_pursued']})" if not entry["correct"] else ""
         reused = " [reused run]" if entry.get("reused") else ""
         console.print(f"{'✓' if entry['correct'] else '✗'} {entry['kind']} {entry['name']} seed {entry['seed']}: "
                       f"{entry['label']} / {entry['pursued']}{tail}{reused}")
+
+    def done(i, result):
+        for entry in (result[0] if isinstance(result[0], list) else [result[0]]):
+            show(entry)
 
     try:
         results = zoo.run_jobs(jobs, workers, done)
     except RunError as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    entries = [entry for entry, _, _ in results]
-    sections = [report.zoo_entry_html(entry, verdict, traces, figures=traces is not None)
-                for entry, verdict, traces in results]
+    entries, sections = [], []
+    for result in results:
+        if isinstance(result[0], list):  # the in-context models: their entries and one HTML section
+            entries += result[0]
+            sections.append(f"<section>{result[1]}</section>")
+        else:
+            entry, verdict, traces = result
+            entries.append(entry)
+            sections.append(report.zoo_entry_html(entry, verdict, traces, figures=traces is not None))
 
     def accuracy(kind=None):
         chosen = [e for e in entries if kind is None or (e["kind"] == "learned") == (kind == "learned")]

@@ -82,7 +82,7 @@ def test_run_jobs_returns_results_in_job_order_in_process_and_in_workers():
 
 
 def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
-    result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--jobs", "2", "--tasks", "16",
+    result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext", "--jobs", "2", "--tasks", "16",
                   "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "zoo.json").read_text())
