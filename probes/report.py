@@ -604,10 +604,10 @@ def scenario_intro_html(distribution: Mapping[str, Mapping[str, Any]], hypothese
 
 
 def render_zoo(entries: list[Mapping[str, Any]], sections: Iterable[str], intro: str = "") -> str:
-    """The zoo's self-contained HTML page: the table of expected against found classes first, then
-    ``sections`` (from ``zoo_entry_html`` or any HTML block)."""
+    """The zoo's self-contained HTML page: the table of expected against found classes first, then ``intro``
+    (for example ``scenario_intro_html``), then ``sections`` (from ``zoo_entry_html`` or any HTML block)."""
     ok = sum(_entry_ok(e) for e in entries)
-    body = (f"<h1>Scenario zoo: {ok}/{len(entries)} as expected</h1>{intro}{zoo_table_html(entries)}"
+    body = (f"<h1>Scenario zoo: {ok}/{len(entries)} as expected</h1>{zoo_table_html(entries)}{intro}"
             + "".join(sections))
     return page("Scenario zoo", body)
 

@@ -96,7 +96,7 @@ def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
         sum(e["correct"] for e in record["entries"]) / 2)
     assert record["scenarios"]["quadratic"]["seeds"] == 1
     page = (tmp_path / "report.html").read_text()
-    assert page.index("<table class=zoo>") < page.index("<section>")  # the table comes first
+    assert page.index("<table class=zoo>") < page.index("<section>") and page.index("<table class=zoo>") < page.index("hypothesis")  # the table comes first
     assert page.count("<section>") == 2 and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # self-contained
     runs = list((tmp_path / "runs").iterdir())
