@@ -689,15 +689,11 @@ def terminal_table(verdict: Verdict) -> Table:
 
 def zoo_table(entries: Iterable[Mapping[str, Any]], title: str = "Planted zoo") -> Table:
     """A ``rich`` table of zoo entries ``{"name", "family", "seed", "expected", "label", "pursued",
-    "expected_pursued" (optional)}``: ✓ where the label (and the expected pursued quantity, when given) match."""
+    "expected_pursued" (optional), "correct" (optional)}``: ✓ where the entry is correct, or else where the label
+    (and the expected pursued quantity, when given) match."""
     entries = list(entries)
     with_pursued = any("expected_pursued" in e for e in entries)
-    ok = []
-    for e in entries:
-        good = e.get("label") == e.get("expected")
-        if "expected_pursued" in e:
-            good = good and e.get("pursued") == e.get("expected_pursued")
-        ok.append(good)
+    ok = [_entry_ok(e) for e in entries]  # the entry's own "correct" where it has one (in-context: any pursued)
     table = Table(title=title, caption=f"{sum(ok)}/{len(entries)} correct", header_style="bold")
     for col in ("name", "family", "seed", "expected", "label", "pursued") + (("expected pursued",) if with_pursued
                                                                             else ()) + ("",):
