@@ -20,6 +20,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from lab import rollout
@@ -269,13 +270,16 @@ def implied_ridge(subject: Subject) -> ImpliedRidgeReport:
     tasks = jax.tree.map(jnp.asarray, trace.tasks)
     lam_star = float(fam.bayes_ridge_lambda())
 
+    def ravel(params):
+        return ravel_pytree(params)[0]
+
     def per_task(theta, task):
-        path = jax.vmap(lambda lam: _flat_params(fam.ridge_solution(task, lam)))(jnp.asarray(RIDGE_GRID))
-        dist = jnp.linalg.norm(path - _flat_params(theta)[None], axis=-1)
+        path = jax.vmap(lambda lam: ravel(fam.ridge_solution(task, lam)))(jnp.asarray(RIDGE_GRID))
+        dist = jnp.linalg.norm(path - ravel(theta)[None], axis=-1)
         best = jnp.argmin(dist)
         bayes, ols = fam.ridge_solution(task, lam_star), fam.ridge_solution(task, 0.0)
         return (jnp.asarray(RIDGE_GRID)[best],
-                dist[best] / (jnp.linalg.norm(_flat_params(theta)) + 1e-12),
+                dist[best] / (jnp.linalg.norm(ravel(theta)) + 1e-12),
                 fam.base_value(theta, task), fam.base_value(bayes, task), fam.base_value(ols, task))
 
     lam, resid, b_end, b_bayes, b_ols = map(np.asarray, jax.jit(jax.vmap(per_task))(end, tasks))
@@ -286,5 +290,3 @@ def implied_ridge(subject: Subject) -> ImpliedRidgeReport:
         base_bayes=float(np.median(b_bayes)), base_unregularised=float(np.median(b_ols)))
 
 
-def _flat_params(params: dict) -> jax.Array:
-    return jnp.concatenate([params[k].reshape(-1) for k in sorted(params)])
