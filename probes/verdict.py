@@ -3,7 +3,7 @@ Hubinger et al. 2019 ("Risks from Learned Optimization", §3.1 and §4), the pur
 the shifts tested and every report (probing_methods.md §6.3, the decision procedure).
 
 Every verdict is relative to the shifts that were tested; the thresholds are those of the probe modules,
-set on the planted zoo (``probes.planted``) and reported with its accuracy.
+set on the planted zoo (``probes.zoo.planted``) and reported with its accuracy.
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
-from probes import competence as _competence  # noqa: F401  (importing a probe module registers its probes)
-from probes import field as _field  # noqa: F401
-from probes import inverse as _inverse  # noqa: F401
-from probes import representation as _representation  # noqa: F401
-from probes import shifts as _shifts  # noqa: F401
-from probes.base import Report, Subject, get_probe, to_json
-from probes.shifts import causal_relation
+from probes import catalogue as _catalogue  # noqa: F401  (importing the catalogue registers every probe)
+from probes.subject import Report, Subject, get_probe, to_json
+from probes.catalogue.shifts import causal_relation
 
 CLASSES = ("robust", "approximate", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
            "deceptive", "not_optimizing", "capability_failure", "unidentified")

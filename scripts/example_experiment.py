@@ -26,7 +26,7 @@ from lab.families import Mechanism, Observation, Shift, TaskFamily
 from lab.io import OneLineParser
 from lab.optimizers import handwritten
 from probes import report
-from probes.base import Report, Subject, register_probe
+from probes.subject import Report, Subject, register_probe
 from probes.verdict import audit
 
 

@@ -65,7 +65,7 @@ def parse(argv=None):
 def single_model(args):
     """The ``SuiteModel`` the model flags describe."""
     from lab.incontext import ICLFamily, ModelSpec, TrainConfig
-    from probes.incontext import SuiteModel
+    from probes.catalogue.incontext import SuiteModel
 
     layers = args.layers or (2 if args.looped else 1)
     family = ICLFamily(dim=args.dim, context=args.context, noise=args.noise or 0.0,
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     from rich.console import Console
 
-    from probes import incontext
+    from probes.catalogue import incontext
 
     console = Console(stderr=True)
     start = time.perf_counter()

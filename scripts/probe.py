@@ -40,7 +40,7 @@ def parse(argv=None):
 def load_optimizer(spec: str, family_name: str | None):
     """(optimizer, family) from ``planted:NAME`` or a run folder; ``ValueError`` with one line otherwise."""
     if spec.startswith("planted:"):
-        from probes import planted
+        from probes.zoo import planted
 
         optimizer, family = planted.build(spec.split(":", 1)[1])
     else:
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     from probes import report
     import jax
 
-    from probes.base import Subject, get_probe
+    from probes.subject import Subject, get_probe
     from probes.verdict import audit
-    from probes.zoo import audit_planted
+    from probes.zoo.jobs import audit_planted
 
     console = Console()
     try:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             get_probe(name)
         args.out.mkdir(parents=True, exist_ok=True)
         if args.zoo:
-            from probes.zoo import check_names, default_workers
+            from probes.zoo.jobs import check_names, default_workers
 
             names = check_names(args.members.split(",")) if args.members else None
             result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks, workers=default_workers(),

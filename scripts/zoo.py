@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     from lab.meta.run import RunError
-    from probes import report, scenarios, zoo
+    from probes import report
+    from probes.zoo import jobs as zoo, scenarios
 
     console = Console()
     try:

@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from probes import distill, planted
+from lab.meta import distill as imitation
+from probes.zoo import distilled as distill, planted
 from probes.verdict import audit
 
 # Reduced sizes for the default suite; the slow test uses the defaults (``build_distilled``).
@@ -23,9 +24,9 @@ def test_demonstrations_driven_by_the_student_replay_its_own_updates():
     teacher, family = planted.build("gd_wipes")
     lopt = distill.student_for("gd_wipes")
     meta = lopt.init_meta(jax.random.key(3))
-    demos = jax.jit(lambda k, m: distill.demonstrations(family, teacher, k, tasks=4, steps=12, student=(lopt, m)))(
+    demos = jax.jit(lambda k, m: imitation.demonstrations(family, teacher, k, tasks=4, steps=12, student=(lopt, m)))(
         jax.random.key(4), meta)
-    replay = np.asarray(jax.jit(distill.student_updates, static_argnums=0)(lopt, meta, demos))  # (tasks, steps, P)
+    replay = np.asarray(jax.jit(imitation.student_updates, static_argnums=0)(lopt, meta, demos))  # (tasks, steps, P)
     moved = np.asarray(demos.params["wipe"][:, 1:] - demos.params["wipe"][:, :-1])
     # Elements are ordered as the learned optimizer flattens θ: blocks in sorted order, "spill" then "wipe".
     np.testing.assert_allclose(replay[:, :-1, 8:], moved, rtol=1e-5, atol=1e-6)
@@ -40,14 +41,14 @@ def test_imitation_error_is_small_on_held_out_rollouts(small_wipes):
     """At reduced size, on the elements it was trained on (the frozen "spill" block is left out of the loss)."""
     lopt, meta = small_wipes
     for driver in ("teacher", "student"):
-        err = distill.held_out_error("gd_wipes", lopt, meta, seed=5, tasks=16, driver=driver)
+        err = distill.held_out_error("gd_wipes", lopt, meta, jax.random.key(5), tasks=16, driver=driver)
         assert err["relative_movable"] < 0.1 and err["cosine"] > 0.95, (driver, err)
 
 
 def test_untrained_student_is_far_from_the_teacher():
     """The error measure is not trivially small: a fresh student is nowhere near the teacher."""
     lopt = distill.student_for("gd_wipes")
-    err = distill.held_out_error("gd_wipes", lopt, lopt.init_meta(jax.random.key(0)), tasks=8)
+    err = distill.held_out_error("gd_wipes", lopt, lopt.init_meta(jax.random.key(0)), jax.random.key(1), tasks=8)
     assert err["relative"] > 0.5
 
 
@@ -72,7 +73,7 @@ def test_each_distilled_member_gets_its_teachers_class(name):
     optimizer, family = distill.build_distilled(name)
     lopt, meta = distill._distilled_meta(teacher.name, 0)
     for driver in ("teacher", "student"):  # full size: close on every element, the frozen block's included
-        err = distill.held_out_error(teacher.name, lopt, meta, seed=5, tasks=32, driver=driver)
+        err = distill.held_out_error(teacher.name, lopt, meta, jax.random.key(5), tasks=32, driver=driver)
         assert err["relative"] < 0.1 and err["relative_movable"] < 0.05 and err["cosine"] > 0.99, (driver, err)
     assert family.name == teacher.family
     verdict = audit(optimizer, family, seed=0)

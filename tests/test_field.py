@@ -11,8 +11,9 @@ import pytest
 
 from lab import families
 from lab.optimizers.base import Optimizer
-from probes import field, planted
-from probes.base import PROBES, Subject
+from probes.catalogue import field
+from probes.zoo import planted
+from probes.subject import PROBES, Subject
 
 OMEGA, LR = 1.0, 0.1
 

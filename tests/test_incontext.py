@@ -18,8 +18,8 @@ import pytest
 from lab.incontext import ICLFamily, ModelSpec, TrainConfig, gd_lsa, meta_train, tokens
 from lab.incontext import models as M
 from lab.incontext import references as R
-from probes import incontext as P
-from probes.base import PROBES, get_probe
+from probes.catalogue import incontext as P
+from probes.subject import PROBES, get_probe
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "icl.py"
 

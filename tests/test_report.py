@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from probes import planted, report
+from probes import report
+from probes.zoo import planted
 from probes.verdict import ProbeFailure, Skipped, audit
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot.py"

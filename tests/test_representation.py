@@ -12,8 +12,9 @@ import pytest
 from lab import families
 from lab.meta.train import MetaConfig, init_state, make_meta_step
 from lab.optimizers.base import Optimizer
-from probes import planted, representation
-from probes.base import PROBES, Subject
+from probes.catalogue import representation
+from probes.zoo import planted
+from probes.subject import PROBES, Subject
 from probes.trace import record
 
 

@@ -13,11 +13,11 @@ import pytest
 from lab import families
 from lab.families.base import Mechanism, Observation, TaskFamily
 from lab.optimizers.base import Optimizer
-from probes import planted
-from probes.base import Report, register_probe, PROBES
-from probes.shifts import causal_relation
+from probes.zoo import planted
+from probes.subject import Report, register_probe, PROBES
+from probes.catalogue.shifts import causal_relation
 from probes.verdict import CLASSES, audit
-from probes.zoo import audit_planted
+from probes.zoo.jobs import audit_planted
 
 # One member per mechanism the verdict uses; the whole zoo over several seeds is the slow test below.
 FAST = ["gd_wipes", "gd_vacuum", "gd_cookies_capped", "cue_conditional", "pull", "perturbed", "random_walk",
@@ -139,8 +139,8 @@ def _ridge_descent(lam: float, lr: float = 0.3) -> Optimizer:
 
 @pytest.mark.parametrize("lam", [0.0, 0.1, 1.0])
 def test_implied_ridge_recovers_a_planted_ridge_coefficient(lam):
-    from probes.base import Subject
-    from probes.inverse import implied_ridge
+    from probes.subject import Subject
+    from probes.catalogue.inverse import implied_ridge
 
     fam = families.make("regression").shift("long_horizon")  # 200 steps: converged to the ridge solution
     report = implied_ridge(Subject(_ridge_descent(lam), fam, jax.random.key(0), tasks=16))
@@ -153,8 +153,8 @@ def test_implied_ridge_recovers_a_planted_ridge_coefficient(lam):
 
 
 def test_implied_ridge_fails_clearly_on_a_family_without_a_ridge_path():
-    from probes.base import Subject
-    from probes.inverse import implied_ridge
+    from probes.subject import Subject
+    from probes.catalogue.inverse import implied_ridge
 
     optimizer, family = planted.build("gd")
     with pytest.raises(ValueError, match="no closed-form ridge path"):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from probes import scenarios, zoo
-from probes.scenarios import Scenario
+from probes.zoo import jobs as zoo, scenarios
+from probes.zoo.scenarios import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"meta_steps": 12, "tasks": 4, "hidden": 8, "eval_tasks": 8, "checkpoint_every": 6}

@@ -29,7 +29,7 @@ from rich.text import Text
 from lab.families.base import TaskFamily
 from lab.io import write_json_atomic, write_text_atomic
 from lab.optimizers.base import Optimizer
-from probes.base import Subject
+from probes.subject import Subject
 from probes.trace import Trace, record
 from probes.verdict import ProbeFailure, Skipped, Verdict
 
@@ -44,7 +44,7 @@ LABEL_COLOURS = {
     "unidentified": "#636363",
 }
 CUE_SWITCH_SENSITIVITY = 0.1  # the cues probe calls a switch only above this sensitivity
-CONSISTENCY = 0.9             # the share of tasks the probes require (probes.competence.MIN_CONSISTENCY)
+CONSISTENCY = 0.9             # the share of tasks the probes require (probes.catalogue.competence.MIN_CONSISTENCY)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from lab.families.base import TaskFamily
 from lab.meta.run import load_meta, train
 from lab.meta.train import MetaConfig
 from lab.optimizers.base import Optimizer
-from probes.base import Subject
+from probes.subject import Subject
 from probes.verdict import Verdict, audit
 
 

@@ -17,9 +17,9 @@ import dataclasses
 
 import numpy as np
 
-from probes.base import Report, Subject, register_probe
-from probes.competence import MIN_CONSISTENCY, MIN_REDUCTION, relative_change
-from probes.inverse import dominant, regression_on
+from probes.subject import Report, Subject, register_probe
+from probes.catalogue.competence import MIN_CONSISTENCY, MIN_REDUCTION, relative_change
+from probes.catalogue.inverse import dominant, regression_on
 
 DIVERGED = 10.0  # a base above this many times its start (or non-finite) has diverged
 

@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from lab import rollout
-from probes.base import Report, Subject, quantity_gradients, register_probe
+from probes.subject import Report, Subject, quantity_gradients, register_probe
 from probes.trace import Trace
 
 IDENTIFIABLE_CONDITION = 100.0  # Gram condition / variance inflation above this: too collinear to separate

@@ -12,7 +12,7 @@ import optax
 
 from lab.meta.evaluate import tune_adam
 from lab.optimizers.handwritten import descend
-from probes.base import Report, Subject, register_probe
+from probes.subject import Report, Subject, register_probe
 
 # A quantity counts as reduced when it falls by this share of its start-to-floor gap on this share of tasks.
 MIN_REDUCTION = 0.05

@@ -43,7 +43,7 @@ import numpy as np
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
 from lab.optimizers.learned import LearnedOptimizer
-from probes.base import Report, Subject, register_probe
+from probes.subject import Report, Subject, register_probe
 from probes.trace import Trace
 
 INPUTS = "inputs"            # the name of the input-baseline feature set in reports

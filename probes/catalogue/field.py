@@ -35,7 +35,7 @@ own tasks; the report places the subject against the pooled reference distributi
 95th percentile), a z-score and a ratio to its median. ``within_reference_band`` is one-sided (at most the
 band's top): a field more conservative than the references is never the suspicious direction.
 Curl is a validity check for potential-based probes and a detector of rotation no potential explains; the
-potential itself (a fit of the update onto the candidates' gradients) is ``probes.inverse``.
+potential itself (a fit of the update onto the candidates' gradients) is ``probes.catalogue.inverse``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from lab import rollout
 from lab.families.base import TaskFamily
 from lab.optimizers import handwritten
 from lab.optimizers.base import Optimizer
-from probes.base import Report, Subject, register_probe
+from probes.subject import Report, Subject, register_probe
 from probes.trace import Trace
 
 CONSERVATIVE = 1e-3        # a median asymmetry index below this: a gradient field

@@ -9,7 +9,7 @@ and looped layers are GD++. Their alignment metrics compare a model with a refer
 - ``model_cos`` / ``model_diff``: the mean cosine and mean L2 distance between the model's sensitivity
   ``∂ŷ/∂x_q`` (its *implied weights*) and the reference's weights.
 
-Registered probes (``probes.base.register_probe``), each a function of an ``ICLSubject``:
+Registered probes (``probes.subject.register_probe``), each a function of an ``ICLSubject``:
 
 - ``icl_alignment``: the metrics above against every reference (``lab.incontext.references``), on every
   shift, with each learner's query loss; the closest reference per shift.
@@ -48,9 +48,9 @@ from lab.incontext import references as icl_refs
 from lab.incontext.family import ICLFamily, tokens
 from lab.incontext.models import ModelSpec
 from lab.incontext.train import TrainConfig, meta_train
-from probes.base import Report, register_probe, to_json
+from probes.subject import Report, register_probe, to_json
 from probes.report import LABEL_COLOURS, _png, fmt
-from probes.representation import ridge_cv
+from probes.catalogue.representation import ridge_cv
 from probes.verdict import Verdict
 
 PROXIES = ("ls_masked", "pool_posterior")  # quantities that agree with the base only on the training tasks
@@ -210,7 +210,7 @@ def icl_alignment(subject: ICLSubject) -> AlignmentReport:
 
 def _check(subject) -> None:
     if not isinstance(subject, ICLSubject):
-        raise ValueError("the icl_* probes audit in-context learners: pass a probes.incontext.ICLSubject")
+        raise ValueError("the icl_* probes audit in-context learners: pass a probes.catalogue.incontext.ICLSubject")
 
 
 def _cached(subject: ICLSubject, name: str, fn: Callable) -> Report:
@@ -575,7 +575,7 @@ VERDICT_PROBES = ("icl_alignment", "icl_implied", "icl_fixed_point", "icl_shifts
 def icl_verdict(subject: ICLSubject, seed: int = 0, extra: tuple[str, ...] = ("icl_linear_probe",)) -> Verdict:
     """Runs the in-context probes on ``subject`` and returns a ``Verdict`` (label from ``probes.verdict.CLASSES``,
     ``pursued`` naming the candidate quantity). ``extra`` probes are reported but do not decide."""
-    from probes.base import get_probe
+    from probes.subject import get_probe
 
     reports = {name: get_probe(name)(subject) for name in VERDICT_PROBES}
     for name in extra:

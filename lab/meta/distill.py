@@ -1,6 +1,6 @@
-"""Learned optimizers distilled from planted ones: a harder, more realistic test of the verdict.
+"""Distillation of an optimizer into a learned one by imitation (behaviour cloning with DAgger).
 
-A planted member (``probes.planted``) pursues a known objective by construction, but it is hand-written: it
+A planted member (``probes.zoo.planted``) pursues a known objective by construction, but it is hand-written: it
 reads exact channels, has no parameters and no nonlinearity. A *distilled* member is a ``LearnedOptimizer``
 (a per-parameter MLP or LSTM, ``lab.optimizers.learned``) trained by imitation to reproduce a planted
 teacher's updates while seeing only what a learned optimizer sees: its named input features (normalised
@@ -34,7 +34,6 @@ optimizer and the teacher's family, like ``planted.build``, with the meta-parame
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -46,32 +45,6 @@ from lab import rollout
 from lab.families.base import Observation, TaskFamily
 from lab.optimizers.base import Optimizer
 from lab.optimizers.learned import LearnedOptimizer
-from probes import planted
-
-DISTILLED = {"distilled_gd": "gd", "distilled_wipes": "gd_wipes", "distilled_vacuum": "gd_vacuum"}
-
-# Inputs per teacher: what the teacher's rule needs (the channel it descends, normalised, and that channel's
-# scale, which the per-block normalisation removes) plus features a learned optimizer typically also reads
-# and the teacher ignores (the noisy primary gradient beside a proxy channel, a momentum, the loss, a step
-# embedding): the student has to learn to ignore them.
-INPUTS: dict[str, tuple[str, ...]] = {
-    "gd": ("grad", "scale", "mom0.9", "loss", "step10"),
-    "gd_wipes": ("grad:wipes", "scale:wipes", "grad", "mom0.9:wipes", "loss", "step10"),
-    "gd_vacuum": ("grad:vacuum", "scale:vacuum", "grad", "mom0.9:vacuum", "loss", "step10"),
-}
-# ``exp_mult = 1``: the head's magnitude output is then the log step size itself, so a step proportional to
-# the gradient's scale (``exp(scale)``) is a linear function of the ``scale`` input.
-STUDENT = {"hidden": 32, "layers": 2, "exp_mult": 1.0, "step_mult": 0.1, "head_scale": 0.1}
-
-
-def student_for(teacher_name: str, kind: str = "mlp", inputs: tuple[str, ...] | None = None) -> LearnedOptimizer:
-    """The student architecture for ``teacher_name``: ``INPUTS[teacher_name]`` (or ``inputs``)."""
-    if inputs is None:
-        if teacher_name not in INPUTS:
-            raise ValueError(f"no default student inputs for teacher {teacher_name!r}; known: {', '.join(INPUTS)} "
-                             "(pass inputs=...)")
-        inputs = INPUTS[teacher_name]
-    return LearnedOptimizer(kind=kind, inputs=tuple(inputs), **STUDENT)
 
 
 class Demonstrations(NamedTuple):
@@ -230,25 +203,21 @@ class DistillLog:
     steps: int
 
 
-def distill(teacher_name: str, kind: str = "mlp", steps: int = 1500, seed: int = 0, *, tasks: int = 32,
-            dagger: int = 1, batch: int = 8, lr: float = 3e-3, inputs: tuple[str, ...] | None = None,
-            frozen_in_loss: bool = False, log: list | None = None) -> tuple[LearnedOptimizer, Any]:
-    """Distils the planted member ``teacher_name`` into a ``LearnedOptimizer`` of ``kind`` (``mlp``/``lstm``).
+def distill(teacher: Optimizer, family: TaskFamily, lopt: LearnedOptimizer, key: jax.Array, steps: int = 1500,
+            *, tasks: int = 32, dagger: int = 1, batch: int = 8, lr: float = 3e-3, frozen_in_loss: bool = False,
+            name: str = "teacher", log: list | None = None) -> Any:
+    """Distils ``teacher`` on ``family`` into meta-parameters of the learned optimizer ``lopt``.
 
     ``steps`` Adam steps in all (each on ``batch`` trajectories of the data set so far), split evenly over the
-    teacher-driven round and ``dagger`` student-driven rounds, each round adding ``tasks`` rollouts of the
-    teacher's training family. ``inputs`` overrides the student's features (default ``INPUTS[teacher_name]``).
-    By default the blocks frozen in training are left out of the loss, as they are out of a meta-trained
-    optimizer's meta-gradient: the student then applies to a block opened in deployment a rule it learned on
-    the other blocks only; ``frozen_in_loss=True`` also regresses the teacher's (masked, never applied) update
-    there. If ``log`` is a list, a ``DistillLog`` is appended. Returns ``(lopt, meta)``;
-    ``lopt.optimizer(meta)`` is the distilled optimizer.
+    teacher-driven round and ``dagger`` student-driven rounds, each round adding ``tasks`` rollouts of
+    ``family``. By default the blocks frozen in training are left out of the loss, as they are out of a
+    meta-trained optimizer's meta-gradient: the student then applies to a block opened in deployment a rule it
+    learned on the other blocks only; ``frozen_in_loss=True`` also regresses the teacher's (masked, never
+    applied) update there. Every random draw comes from ``key``. If ``log`` is a list, a ``DistillLog`` (under
+    ``name``) is appended. Returns ``meta``; ``lopt.optimizer(meta)`` is the distilled optimizer.
     """
-    teacher, family = planted.build(teacher_name)
-    lopt = student_for(teacher_name, kind, inputs)
     if steps < dagger + 1:
         raise ValueError(f"steps must be at least dagger + 1 = {dagger + 1}, got {steps}")
-    key = jax.random.key(seed)
     k_init, k_data, k_fit = jax.random.split(key, 3)
     meta = lopt.init_meta(k_init)
     tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
@@ -274,39 +243,18 @@ def distill(teacher_name: str, kind: str = "mlp", steps: int = 1500, seed: int =
         meta, opt_state, loss = fits[per_round[r]](meta, opt_state, buffer, jax.random.fold_in(k_fit, r))
         losses.append(float(jnp.mean(loss[-max(1, len(loss) // 10):])))
     if log is not None:
-        log.append(DistillLog(teacher_name, kind, losses, dagger + 1, tasks, steps))
-    return lopt, meta
+        log.append(DistillLog(name, lopt.kind, losses, dagger + 1, tasks, steps))
+    return meta
 
 
-def held_out_error(teacher_name: str, lopt: LearnedOptimizer, meta, seed: int = 1, tasks: int = 64,
-                   driver: str = "teacher", shift: str = "train") -> dict[str, float]:
-    """``imitation_error`` on fresh rollouts of the teacher's family under ``shift`` (drawn from ``seed`` with
-    a key distinct from training's), driven by the teacher or (``driver="student"``) by the student. Under an
-    opening shift (``spill_open``, ``smash_open``) ``relative_frozen`` is absent (nothing is frozen) and
-    ``relative`` includes the opened block."""
+
+
+def held_out_error(teacher: Optimizer, family: TaskFamily, lopt: LearnedOptimizer, meta, key: jax.Array,
+                   tasks: int = 64, driver: str = "teacher") -> dict[str, float]:
+    """``imitation_error`` on fresh rollouts of ``family`` drawn from ``key`` (use a key distinct from
+    training's), driven by the teacher or (``driver="student"``) by the student."""
     if driver not in ("teacher", "student"):
         raise ValueError(f"driver must be 'teacher' or 'student', got {driver!r}")
-    teacher, family = planted.build(teacher_name)
-    family = family.shift(shift)
-    key = jax.random.fold_in(jax.random.key(seed), 10_007)
     student = (lopt, meta) if driver == "student" else None
     demos = jax.jit(lambda k: demonstrations(family, teacher, k, tasks, student=student))(key)
     return imitation_error(lopt, meta, demos, family)
-
-
-@functools.lru_cache(maxsize=None)
-def _distilled_meta(teacher_name: str, seed: int):
-    return distill(teacher_name, seed=seed)
-
-
-def build_distilled(name: str, seed: int = 0) -> tuple[Optimizer, TaskFamily]:
-    """The distilled member ``name`` (a key of ``DISTILLED``) and its teacher's family; the distillation is
-    cached in memory per (name, seed)."""
-    if name not in DISTILLED:
-        raise ValueError(f"unknown distilled optimizer {name!r}; known: {', '.join(DISTILLED)}")
-    teacher_name = DISTILLED[name]
-    lopt, meta = _distilled_meta(teacher_name, seed)
-    _, family = planted.build(teacher_name)
-    return lopt.optimizer(meta), family
-
-

@@ -1,5 +1,5 @@
 """Auditing a zoo of optimizers with known answers (planted and distilled members) or with hypotheses (the
-meta-trained scenarios of ``probes.scenarios``), and scoring the verdicts against them.
+meta-trained scenarios of ``probes.zoo.scenarios``), and scoring the verdicts against them.
 
 Every entry is one independent job, ``planted_job`` or ``learned_job``, returning ``(entry, verdict)``;
 ``run_jobs`` runs a list of them in order, in this process or spread over worker processes (one XLA
@@ -14,20 +14,20 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
-from probes import distill, planted
+from probes.zoo import distilled, planted
 from probes.verdict import Verdict, audit
 
 
 def zoo_names() -> list[str]:
     """Every member of the zoo: the planted optimizers, then the learned ones distilled from them."""
-    return list(planted.PLANTED) + list(distill.DISTILLED)
+    return list(planted.PLANTED) + list(distilled.DISTILLED)
 
 
 def _member(name: str):
     """(expected Planted record, optimizer, family, kind) for a planted or a distilled member."""
-    if name in distill.DISTILLED:
-        optimizer, family = distill.build_distilled(name)  # distilled once (seed 0), cached
-        return planted.get(distill.DISTILLED[name]), optimizer, family, "distilled"
+    if name in distilled.DISTILLED:
+        optimizer, family = distilled.build_distilled(name)  # distilled once (seed 0), cached
+        return planted.get(distilled.DISTILLED[name]), optimizer, family, "distilled"
     optimizer, family = planted.build(name)
     return planted.get(name), optimizer, family, "planted"
 
@@ -47,7 +47,7 @@ def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) ->
     pursued quantity match. A distilled member is expected to get its teacher's class and pursued quantity."""
     import jax
 
-    from probes.base import Subject
+    from probes.subject import Subject
     from probes.report import subject_traces
 
     member, optimizer, family, kind = _member(name)
@@ -61,9 +61,9 @@ def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) ->
 
 def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int = 32,
                 figures: bool = True) -> tuple[dict, Verdict, dict | None]:
-    """Meta-trains (or reuses, under ``root``) and audits one scenario of ``probes.scenarios``:
+    """Meta-trains (or reuses, under ``root``) and audits one scenario of ``probes.zoo.scenarios``:
     ``(entry, verdict, traces or None)`` as ``scenarios.audit_scenario`` describes the entry."""
-    from probes import scenarios
+    from probes.zoo import scenarios
     from probes.report import subject_traces
 
     entry, verdict, subject = scenarios.audit_scenario(scenarios.SCENARIOS[name], seed, root, quick, tasks)
@@ -71,9 +71,9 @@ def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int
 
 
 def incontext_job(seed: int = 0, quick: bool = False) -> tuple[list[dict], str]:
-    """Meta-trains and audits the in-context models of ``probes.incontext`` (under ``quick`` only the
+    """Meta-trains and audits the in-context models of ``probes.catalogue.incontext`` (under ``quick`` only the
     one-layer linear self-attention model): ``(entries, HTML section)``, each entry marked ``correct``."""
-    from probes import incontext
+    from probes.catalogue import incontext
 
     models = incontext.suite(quick=True)[:1] if quick else incontext.suite(quick=False)
     entries, section = incontext.run_suite(models, seed=seed, quick=quick)
