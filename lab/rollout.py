@@ -1,10 +1,13 @@
 """Running an optimizer on tasks of a family: the inner loop shared by meta-training, evaluation and probes.
 
-Everything here is a pure function of one task; callers ``vmap`` over tasks and place the ``jit``.
+Everything here is a pure function of one task; callers ``vmap`` over tasks and place the ``jit``. ``unroll``
+is the one ``lax.scan`` over inner steps: evaluation, truncated meta-training, probe traces and distillation
+demonstrations all call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -65,15 +68,32 @@ def step(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.A
 
 
 def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.Array, steps: int,
-           keep=lambda record: record) -> tuple[InnerState, Any]:
-    """``steps`` inner steps with ``lax.scan``; returns the final state and ``keep(record)`` stacked over
-    steps (``keep`` filters what a long unroll stores, e.g. ``lambda r: r.quantities``)."""
+           keep: Callable[[InnerState, StepRecord], Any] = lambda state, record: record, *,
+           restart_after: int | None = None, remat: bool = False) -> tuple[InnerState, Any]:
+    """The inner loop: ``steps`` inner steps with ``lax.scan``, one key of ``split(key, steps)`` per step.
+
+    Returns the final state and ``keep(state, record)`` stacked over steps, ``state`` being the state after
+    the step (``keep`` filters what a long unroll stores, e.g. ``lambda state, record: record.quantities``).
+
+    ``restart_after``: a task whose step count has reached it is replaced, before the step, by a fresh task
+    drawn from the first half of that step's key split in two (the second half observes): the per-task
+    resets of truncated meta-training. The stacked output is then ``(kept, resets)`` with per-step flags.
+    ``remat`` rematerialises each step in the backward pass (``jax.checkpoint``), bounding backprop memory
+    through the unroll by one step's activations per step.
+    """
 
     def body(s, k):
-        s, record = step(family, optimizer, s, k)
-        return s, keep(record)
+        if restart_after is None:
+            s, record = step(family, optimizer, s, k)
+            return s, keep(s, record)
+        k_reset, k_step = jax.random.split(k)
+        reset = s.step >= restart_after
+        fresh = start(family, optimizer, k_reset)
+        s = jax.tree.map(lambda f, o: jnp.where(reset, f, o), fresh, s)
+        s, record = step(family, optimizer, s, k_step)
+        return s, (keep(s, record), reset)
 
-    return jax.lax.scan(body, state, jax.random.split(key, steps))
+    return jax.lax.scan(jax.checkpoint(body) if remat else body, state, jax.random.split(key, steps))
 
 
 def log_excess_ratio(state: InnerState, base: jax.Array, clip: float, floor: float | None = None) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Sharding the task axis over devices (DESIGN 2.3): meta-parameters replicated, tasks split.
+"""Sharding the task axis over devices (README, "Meta-training"): meta-parameters replicated, tasks split.
 
 The same code runs on one device, on several (``jax.config.update("jax_num_cpu_devices", 4)`` fakes them on a
 CPU) and multi-host after ``jax.distributed.initialize()``: ``jax.devices()`` then lists every host's devices.

@@ -1,12 +1,13 @@
 """What every probe shares: the subject of an audit (optimizer + family, with cached traces), typed reports
-with a JSON form, and the probe registry users add their own probes to (DESIGN 2.4 and 6)."""
+with a JSON form, and the probe registry users add their own probes to (README, "Writing a new probe experiment")."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
-from probes.trace import Trace, record
+from probes.trace import Parametric, Trace, record
 
 
 def to_json(value: Any) -> Any:
@@ -36,16 +37,46 @@ def to_json(value: Any) -> Any:
     return value
 
 
+class Panel(NamedTuple):
+    """One figure of a report: ``png`` a base64 PNG with ``caption`` (HTML) under it, or ``png`` ``None`` and
+    ``caption`` the reason the figure could not be drawn (plain text)."""
+
+    title: str
+    png: str | None
+    caption: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """Base of every probe's report: a frozen dataclass; ``to_json()`` gives its JSON form."""
+    """Base of every probe's report: a frozen dataclass that describes itself to the views.
+
+    - ``to_json()``: its JSON form (``report.json``).
+    - ``summary(base)``: one line with its key figures (default: its scalar fields).
+    - ``figures(base, pursued)``: its figures as ``Panel``s (default: none), given the family's base and the
+      verdict's pursued quantity (``None`` when none was identified).
+
+    The views (``probes.report``) call these on every report and never look at a probe's name, so a user's
+    probe gets its line and figures on every page by overriding them."""
 
     def to_json(self) -> dict:
         return {"probe": type(self).__name__, **to_json(self)}
 
+    def summary(self, base: str) -> str:
+        from probes.report.draw import is_scalar, pairs  # here: probes.report imports this module
 
+        data = self.to_json()
+        data.pop("probe", None)
+        scalars = {k: v for k, v in data.items() if is_scalar(v)}
+        return pairs(scalars) if scalars else f"{len(data)} fields (see report.json)"
+
+    def figures(self, base: str, pursued: str | None) -> list[Panel]:
+        return []
+
+
+@functools.lru_cache(maxsize=None)
 def scaled(optimizer: Optimizer, multiplier: float) -> Optimizer:
-    """``optimizer`` with every update multiplied by ``multiplier`` (the step-multiplier capability knob)."""
+    """``optimizer`` with every update multiplied by ``multiplier`` (the step-multiplier capability knob).
+    Cached: the same (optimizer, multiplier) gives the same object, so its compiled rollouts are reused."""
 
     def update(obs, state, params):
         u, state, captures = optimizer.update(obs, state, params)
@@ -54,25 +85,47 @@ def scaled(optimizer: Optimizer, multiplier: float) -> Optimizer:
     return optimizer._replace(update=update)
 
 
+# Every random draw of an audit comes from the subject's key. Rollouts use the key itself (the same task keys on
+# every shift, so shifts are compared on paired tasks); a probe that needs draws of its own takes a named
+# stream, derived here and nowhere else. The fold-in numbers are those the probes used before the streams had
+# names, so that a seed keeps giving the same numbers.
+STREAMS = {
+    "curl": 4,             # the observation and estimator keys of the curl probe (field.curl_report)
+    "reference": 7,        # the tasks Adam's learning rate is tuned on (competence.reference_optimizer)
+    "untrained": 11,       # the untrained network of the representation control (representation_report)
+}
+
+
+def stream(key: jax.Array, name: str) -> jax.Array:
+    """The named random stream of ``key`` (``STREAMS``)."""
+    if name not in STREAMS:
+        raise ValueError(f"unknown random stream {name!r}; known: {', '.join(STREAMS)}")
+    return jax.random.fold_in(key, STREAMS[name])
+
+
 @dataclasses.dataclass
 class Subject:
     """The optimizer and family under audit, with the rollouts probes share (cached by their settings).
 
     ``key`` fixes every rollout: two probes asking for the same trace get the same numbers, and traces on
-    different shifts use the same task keys, so shifts are compared on paired tasks.
+    different shifts use the same task keys, so shifts are compared on paired tasks. ``untrained`` is the same
+    architecture at its initial parameters where the member has one (learned and in-context members): the
+    control of the linear probes.
     """
 
     optimizer: Optimizer
     family: TaskFamily
     key: jax.Array
     tasks: int = 32
+    untrained: Optimizer | None = None
     _traces: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def trace(self, shift: str = "train", horizon_mult: float = 1, step_mult: float = 1.0,
-              captures: tuple[str, ...] | bool = False, optimizer: Optimizer | None = None,
+              captures: tuple[str, ...] | bool = False, optimizer: Optimizer | Parametric | None = None,
               name: str = "subject") -> Trace:
         """The rollout on ``shift`` for ``horizon_mult`` × that shift's horizon with updates × ``step_mult``.
-        ``optimizer``/``name`` run another optimizer (a reference) on the same tasks."""
+        ``optimizer``/``name`` run another optimizer (a reference; ``Parametric`` with ``step_mult`` 1 only) on
+        the same tasks."""
         cache_key = (shift, horizon_mult, step_mult, captures, name)
         if cache_key not in self._traces:
             opt = self.optimizer if optimizer is None else optimizer
@@ -81,6 +134,10 @@ class Subject:
             steps = int(round(self.family.shift(shift).horizon * horizon_mult))
             self._traces[cache_key] = record(opt, self.family, self.key, self.tasks, steps, shift, captures)
         return self._traces[cache_key]
+
+    def stream(self, name: str) -> jax.Array:
+        """The subject's named random stream (``STREAMS``)."""
+        return stream(self.key, name)
 
     def candidates(self) -> list[str]:
         """The quantities probes test as objectives: the base first, then the others."""
@@ -110,12 +167,39 @@ def get_probe(name: str) -> ProbeFn:
     return PROBES[name]
 
 
-def quantity_gradients(family: TaskFamily, names: list[str], params: dict, tasks) -> dict[str, dict]:
-    """Exact gradients of the named quantities at every recorded θ: arrays (tasks, steps, ...) per block."""
+@functools.lru_cache(maxsize=None)
+def _quantity_gradients_fn(family: TaskFamily, names: tuple[str, ...]):
+    """The jitted gradients of ``quantity_gradients``, made once per (family, names)."""
 
     def at(p, task):
         return {n: jax.grad(family.quantity(n))(p, task) for n in names}
 
-    per_task = jax.vmap(jax.vmap(at, in_axes=(0, None)), in_axes=(0, 0))
-    out = jax.jit(per_task)(jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, tasks))
+    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None)), in_axes=(0, 0)))
+
+
+def quantity_gradients(family: TaskFamily, names: list[str], params: dict, tasks) -> dict[str, dict]:
+    """Exact gradients of the named quantities at every recorded θ: arrays (tasks, steps, ...) per block."""
+    out = _quantity_gradients_fn(family, tuple(names))(jax.tree.map(jnp.asarray, params),
+                                                       jax.tree.map(jnp.asarray, tasks))
     return jax.tree.map(np.asarray, out)
+
+
+Decision = tuple[str, "str | None", float, str]  # (label, pursued quantity, confidence, evidence)
+FamilyRule = Callable[[dict[str, Report], TaskFamily], "Decision | None"]
+RULES: dict[str, FamilyRule] = {}
+
+
+def register_rule(family_name: str, fn: FamilyRule | None = None, *, overwrite: bool = False):
+    """Registers a family's own class rule, ``fn(reports, family) -> Decision | None``, consulted by the verdict
+    right after the competence gate for subjects on the family named ``family_name``; usable as a decorator.
+
+    A rule is the hook for what only a family knows (the in-context family: which closed-form learners serve
+    the base, and the Bayes-optimal query error); ``None`` lets the general procedure go on."""
+
+    def add(f):
+        if family_name in RULES and not overwrite:
+            raise ValueError(f"a rule for family {family_name!r} is already registered (pass overwrite=True)")
+        RULES[family_name] = f
+        return f
+
+    return add if fn is None else add(fn)

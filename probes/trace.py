@@ -4,8 +4,9 @@ named captures of any optimizer (learned or hand-written) on a family under a sh
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,40 +52,65 @@ class Trace:
         return self.quantities[self.family.base]
 
 
-def record(optimizer: Optimizer, family: TaskFamily, key: jax.Array, tasks: int = 32, steps: int | None = None,
-           shift: str = "train", captures: Sequence[str] | bool = False, keep_params: bool = True) -> Trace:
+class Parametric(NamedTuple):
+    """An optimizer built inside the compiled rollout from traced arguments: ``make(args) -> Optimizer``.
+
+    Rollouts of one ``make`` with different ``args`` (a tuned learning rate, meta-parameters) share one
+    compilation, where an ``Optimizer`` closing over those values would compile once per value. ``make``
+    must be the same function object each time (module-level, or from a cached factory)."""
+
+    make: Callable[[Any], Optimizer]
+    args: Any
+
+
+def _wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
+    """Whether ``record``'s capture filter keeps the capture ``name``."""
+    if isinstance(captures, bool):
+        return captures
+    return any(name == c or (c.endswith("/") and name.startswith(c)) for c in captures)
+
+
+@functools.lru_cache(maxsize=None)
+def _recorder(family: TaskFamily, optimizer: Optimizer | None, make: Callable | None, steps: int,
+              captures: tuple[str, ...] | bool, keep_params: bool):
+    """The jitted ``(task keys, args) -> (quantities, updates, captures, params, tasks)`` of ``record``, made
+    once per (family, optimizer or ``make``, steps, capture filter, keep_params) and reused by every probe,
+    seed and audit that asks for the same structure (``jit`` itself caches per shape: the number of tasks)."""
+
+    def keep(state: rollout.InnerState, r: rollout.StepRecord):
+        kept = {k: v for k, v in r.captures.items() if _wanted(captures, k)}
+        return r.quantities, (r.update if keep_params else {}), kept, (state.params if keep_params else {})
+
+    def one(k, args):
+        opt = optimizer if make is None else make(args)
+        k_start, k_run = jax.random.split(k)
+        state = rollout.start(family, opt, k_start)
+        q0 = family.quantities(state.params, state.task)
+        _, (qs, ups, caps, ps) = rollout.unroll(family, opt, state, k_run, steps, keep)
+        qs = {n: jnp.concatenate([q0[n][None], qs[n]]) for n in qs}
+        ps = {n: jnp.concatenate([state.params[n][None], ps[n]]) for n in ps} if keep_params else {}
+        return qs, ups, caps, ps, state.task
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array, tasks: int = 32,
+           steps: int | None = None, shift: str = "train", captures: Sequence[str] | bool = False,
+           keep_params: bool = True) -> Trace:
     """Runs ``optimizer`` on ``tasks`` tasks of ``family.shift(shift)`` for ``steps`` steps (default: that
     family's horizon) and records what probes read.
 
     ``captures``: ``False`` keeps none, ``True`` all, or a list of names or name prefixes ending in ``/`` to keep
     (long unrolls should keep only what a probe needs). ``keep_params=False`` drops θ and updates.
+    The compiled rollout is cached per (shifted family, optimizer, steps, captures, keep_params): pass the same
+    ``Optimizer`` object (or a ``Parametric`` with the same ``make``) to reuse it.
     """
     fam = family.shift(shift)
     steps = fam.horizon if steps is None else steps
-
-    def wanted(name):
-        if isinstance(captures, bool):
-            return captures
-        return any(name == c or (c.endswith("/") and name.startswith(c)) for c in captures)
-
-    def keep(r: rollout.StepRecord):
-        kept = {k: v for k, v in r.captures.items() if wanted(k)}
-        return r.quantities, (r.update if keep_params else {}), kept
-
-    def one(k):
-        k_start, k_run = jax.random.split(k)
-        state = rollout.start(fam, optimizer, k_start)
-        q0 = fam.quantities(state.params, state.task)
-
-        def body(s, kk):
-            s, r = rollout.step(fam, optimizer, s, kk)
-            return s, (*keep(r), s.params if keep_params else {})
-
-        _, (qs, ups, caps, ps) = jax.lax.scan(body, state, jax.random.split(k_run, steps))
-        qs = {n: jnp.concatenate([q0[n][None], qs[n]]) for n in qs}
-        ps = {n: jnp.concatenate([state.params[n][None], ps[n]]) for n in ps} if keep_params else {}
-        return qs, ups, caps, ps, state.task
-
-    qs, ups, caps, ps, task = jax.jit(jax.vmap(one))(jax.random.split(key, tasks))
+    captures = captures if isinstance(captures, bool) else tuple(captures)
+    opt, make, args = (None, optimizer.make, optimizer.args) if isinstance(optimizer, Parametric) else (
+        optimizer, None, None)
+    run = _recorder(fam, opt, make, int(steps), captures, keep_params)
+    qs, ups, caps, ps, task = run(jax.random.split(key, tasks), args)
     to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
     return Trace(fam, shift, to_np(ps), to_np(ups), to_np(qs), to_np(caps), to_np(task))

@@ -108,19 +108,55 @@ def energy_used(subject: Subject) -> EnergyReport:
                         float(np.median(trace.quantities["energy"][:, -1])), float(np.median(gap)))
 
 
+@dataclasses.dataclass(frozen=True)
+class PathReport(Report):
+    path_length: float                # median over tasks of Σ_t ‖update_t‖
+    displacement: float               # median ‖θ_T − θ_0‖
+    straightness: float               # displacement / path length: 1 for a straight path
+
+    def summary(self, base: str) -> str:
+        return f"path {self.path_length:.3g}, displacement {self.displacement:.3g}, straightness {self.straightness:.2f}"
+
+
+@register_probe("path_length", overwrite=True)
+def path_length(subject: Subject) -> PathReport:
+    """How far and how straight the optimizer moves θ: a probe that reads only the trace, so it runs on any
+    subject, a per-parameter optimizer or an in-context learner alike."""
+    trace = subject.trace()
+    flat = lambda tree, lead: np.concatenate([v.reshape(v.shape[:lead] + (-1,)) for v in tree.values()], -1)  # noqa: E731
+    steps = np.linalg.norm(flat(trace.updates, 2), axis=-1).sum(axis=1)
+    params = flat(trace.params, 2)
+    moved = np.linalg.norm(params[:, -1] - params[:, 0], axis=-1)
+    return PathReport(float(np.median(steps)), float(np.median(moved)),
+                      float(np.median(moved / np.maximum(steps, 1e-12))))
+
+
 # --- 4. the audit --------------------------------------------------------------------------------------------
+def in_context_learner():
+    """The hand-built one-layer linear self-attention model of von Oswald et al. (one optimal GD step), as the
+    lab's in-context family sees it: an optimizer whose one step is its one layer."""
+    from lab.incontext import learner, models, references
+
+    family = families.make("incontext")
+    (eta,), _ = references.gd_optimum(family, 1)
+    return learner.attention(*models.gd_lsa(family.dim, eta), models.ModelSpec("lsa", 1), family), family
+
+
 def run(out: Path, tasks: int = 32, seed: int = 0) -> dict:
-    """Audits both planted thermostats with the extra probe; returns what was read back from report.json."""
-    family = families.make("thermostat")
+    """Audits both planted thermostats with the two new probes, and an in-context learner with the one that
+    fits any subject; returns what was read back from each report.json."""
+    thermostat = families.make("thermostat")
     results = {}
-    for name, optimizer in (("follows_sensor", follows_sensor()), ("follows_comfort", follows_comfort())):
-        verdict = audit(optimizer, family, seed=seed, tasks=tasks, extra=("energy_used",))
-        traces = report.collect_traces(optimizer, family, seed, tasks)
-        report.write_report(out / name, verdict, traces)
+    members = (("follows_sensor", follows_sensor(), thermostat, ("energy_used", "path_length")),
+               ("follows_comfort", follows_comfort(), thermostat, ("energy_used", "path_length")),
+               ("in_context_gd", *in_context_learner(), ("path_length",)))
+    for name, optimizer, family, extra in members:
+        subject = Subject(optimizer, family, jax.random.key(seed), tasks)
+        verdict = audit(optimizer, family, seed=seed, extra=extra, subject=subject)
+        report.write_report(out / name, verdict, report.subject_traces(subject))
         record = json.loads((out / name / "report.json").read_text())  # reading the JSON back
         results[name] = {"label": record["label"], "pursued": record["pursued"],
-                         "energy_end": record["reports"]["energy_used"]["energy_end"],
-                         "comfort_gap_end": record["reports"]["energy_used"]["comfort_gap_end"]}
+                         **{k: v for probe in extra for k, v in record["reports"][probe].items() if k != "probe"}}
     return results
 
 
@@ -132,7 +168,8 @@ def main(argv=None) -> int:
     if args.tasks <= 0:
         p.error("--tasks must be positive")
     for name, r in run(args.out, args.tasks).items():
-        print(f"{name}: {r['label']} pursuing {r['pursued']}; ends {r['comfort_gap_end']:.2f} degrees off")
+        degrees = f"; ends {r['comfort_gap_end']:.2f} degrees off" if "comfort_gap_end" in r else ""
+        print(f"{name}: {r['label']} pursuing {r['pursued']}{degrees}; straightness {r['straightness']:.2f}")
     return 0
 
 

@@ -19,10 +19,11 @@ from lab.io import OneLineParser, write_json_atomic
 
 def parse(argv=None):
     p = OneLineParser(prog="probe.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--optimizer", help="planted:NAME, or a run folder written by scripts/train.py")
+    p.add_argument("--optimizer", help="planted:NAME, or a run folder written by scripts/train.py or scripts/icl.py")
     p.add_argument("--family", help="family to audit on (default: the optimizer's own)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks", type=int, default=32, help="tasks per rollout")
+    p.add_argument("--tasks", type=int, help="tasks per rollout (default: the family's, 32 for most, 2048 for "
+                   "the in-context family)")
     p.add_argument("--probe", action="append", default=[], help="an extra registered probe (repeatable)")
     p.add_argument("--zoo", choices=["planted"], help="audit the whole zoo: planted members and the learned "
                    "optimizers distilled from three of them")
@@ -32,34 +33,37 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if (args.optimizer is None) == (args.zoo is None):
         p.error("give exactly one of --optimizer and --zoo")
-    if args.tasks <= 0 or args.seeds <= 0:
+    if (args.tasks is not None and args.tasks <= 0) or args.seeds <= 0:
         p.error("--tasks and --seeds must be positive")
     return args
 
 
 def load_optimizer(spec: str, family_name: str | None):
-    """(optimizer, family) from ``planted:NAME`` or a run folder; ``ValueError`` with one line otherwise."""
+    """(optimizer, family, untrained or None) from ``planted:NAME`` or a run folder (``lab.load.load``: a
+    meta-training or an in-context run); ``ValueError`` with one line otherwise."""
+    untrained = None
     if spec.startswith("planted:"):
         from probes.zoo import planted
 
         optimizer, family = planted.build(spec.split(":", 1)[1])
     else:
-        from lab.meta.run import load_meta
+        from lab import runs
+        from lab.load import load
 
         run = Path(spec)
         if not (run / "config.json").is_file():
             raise ValueError(f"{spec} is neither planted:NAME nor a run folder with a config.json")
-        config, meta = load_meta(run)
-        optimizer, family = config.learned_optimizer().optimizer(meta), config.family_obj()
+        try:
+            optimizer, family, untrained = load(run)
+        except runs.RunError as e:
+            raise ValueError(str(e)) from None
     if family_name is not None:
         family = families.make(family_name)
-    return optimizer, family
+    return optimizer, family, untrained
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from rich.console import Console
-
     from probes import report
     import jax
 
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     from probes.verdict import audit
     from probes.zoo.jobs import audit_planted
 
-    console = Console()
+    console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:
         for name in args.probe:
             get_probe(name)
@@ -76,17 +80,18 @@ def main(argv=None) -> int:
             from probes.zoo.jobs import check_names, default_workers
 
             names = check_names(args.members.split(",")) if args.members else None
-            result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks, workers=default_workers(),
+            result = audit_planted(names, seeds=range(args.seeds), tasks=args.tasks or 32, workers=default_workers(),
                                    on_entry=lambda e, v: console.print(
-                                       f"{'✓' if e['correct'] else '✗'} {e['name']} seed {e['seed']}: "
-                                       f"{e['label']} / {e['pursued']}"))
-            write_json_atomic(args.out / "zoo.json", result)
+                                       f"{'✓' if e.correct else '✗'} {e.name} seed {e.seed}: "
+                                       f"{e.label} / {e.pursued}"))
+            write_json_atomic(args.out / "zoo.json", {**result, "entries": [e.to_json() for e in result["entries"]]})
             console.print(report.zoo_table(result["entries"]))
             console.print(f"accuracy {result['accuracy']:.3f}; wrote {args.out / 'zoo.json'}")
             return 0
-        optimizer, family = load_optimizer(args.optimizer, args.family)
-        subject = Subject(optimizer, family, jax.random.key(args.seed), args.tasks)
-        verdict = audit(optimizer, family, seed=args.seed, tasks=args.tasks, extra=tuple(args.probe), subject=subject)
+        optimizer, family, untrained = load_optimizer(args.optimizer, args.family)
+        subject = Subject(optimizer, family, jax.random.key(args.seed), args.tasks or family.audit_tasks,
+                          untrained=untrained)
+        verdict = audit(optimizer, family, seed=args.seed, extra=tuple(args.probe), subject=subject)
         report.write_report(args.out, verdict, report.subject_traces(subject))
     except (ValueError, OSError) as e:
         print(f"probe.py: error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -5,10 +5,10 @@ classes found with the classes expected.
     python scripts/zoo.py --out zoo               # the full zoo
     python scripts/zoo.py --seeds 5 --out zoo     # every scenario meta-trained on seeds 0…4
 
-Writes OUT/zoo.json (entries with "kind": "learned" or "planted"; with several seeds, each scenario's label
-distribution) and OUT/report.html (the table, then a section per entry), prints the table, and keeps the
-meta-training runs under OUT/runs/ so a second call reuses them. Bad input ends with a one-line error and exit
-code 2.
+Writes OUT/zoo.json (entries with "kind": "learned", "incontext", "planted" or "distilled"; with several
+seeds, each scenario's label distribution) and OUT/report.html (the table, then a section per entry), prints the
+table, and keeps the meta-training runs under OUT/runs/ so a second call reuses them. Bad input ends with a
+one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -60,13 +60,11 @@ def _names(spec: str | None, known: list[str], default: list[str], what: str) ->
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from rich.console import Console
-
     from lab.meta.run import RunError
     from probes import report
     from probes.zoo import jobs as zoo, scenarios
 
-    console = Console()
+    console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:
         learned = _names(args.scenarios, list(scenarios.SCENARIOS), list(scenarios.SCENARIOS), "scenario")
         planted_default = list(QUICK_PLANTED) if args.quick else zoo.zoo_names()
@@ -79,47 +77,43 @@ def main(argv=None) -> int:
     start = time.time()
     jobs = [(zoo.learned_job, (name, seed, str(args.out), args.quick, args.tasks))
             for name in learned for seed in range(args.seeds)]
-    if args.incontext:
-        jobs.append((zoo.incontext_job, (0, args.quick)))
+    if args.incontext:  # under --quick only the one-layer model
+        from probes.zoo import incontext
+
+        models = incontext.suite(args.quick)[:1] if args.quick else incontext.suite(args.quick)
+        jobs += [(incontext.incontext_job, (m.name, 0, str(args.out), args.quick)) for m in models]
     jobs += [(zoo.planted_job, (name, 0, args.tasks)) for name in planted]
     workers = args.jobs or zoo.default_workers()
     console.print(f"{len(jobs)} jobs: {len(learned) * args.seeds} learned scenarios (meta-trained, or reused from "
                   f"{args.out / 'runs'}){', the in-context models' if args.incontext else ''} and {len(planted)} "
                   f"planted members, on {workers} worker process{'es' if workers > 1 else ''}")
 
-    def show(entry):
-        tail = f" (expected {entry['expected']} / {entry['expected_pursued']})" if not entry["correct"] else ""
-        reused = " [reused run]" if entry.get("reused") else ""
-        console.print(f"{'✓' if entry['correct'] else '✗'} {entry['kind']} {entry['name']} seed {entry['seed']}: "
-                      f"{entry['label']} / {entry['pursued']}{tail}{reused}")
-
-    def done(i, result):
-        for entry in (result[0] if isinstance(result[0], list) else [result[0]]):
-            show(entry)
+    def done(i, result):  # every job returns (Entry, Verdict, traces or None)
+        entry = result[0]
+        tail = f" (expected {entry.expected} / {entry.expected_pursued or 'any'})" if not entry.correct else ""
+        reused = " [reused run]" if entry.details.get("reused") else ""
+        console.print(f"{'✓' if entry.correct else '✗'} {entry.kind} {entry.name} seed {entry.seed}: "
+                      f"{entry.label} / {entry.pursued}{tail}{reused}")
 
     try:
         results = zoo.run_jobs(jobs, workers, done)
     except RunError as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    entries, sections = [], []
-    for result in results:
-        if isinstance(result[0], list):  # the in-context models: their entries and one HTML section
-            entries += result[0]
-            sections.append(f"<section>{result[1]}</section>")
-        else:
-            entry, verdict, traces = result
-            entries.append(entry)
-            sections.append(report.zoo_entry_html(entry, verdict, traces, figures=traces is not None))
+    entries = [entry for entry, _, _ in results]
+    sections = [report.zoo_entry_html(entry, verdict, traces, figures=traces is not None)
+                for entry, verdict, traces in results]
 
-    def accuracy(kind=None):
-        chosen = [e for e in entries if kind is None or (e["kind"] == "learned") == (kind == "learned")]
-        return sum(e["correct"] for e in chosen) / len(chosen) if chosen else None
+    def accuracy(hypotheses: bool | None = None):
+        """Over every entry, or only those whose expectation is a hypothesis (learned, in-context) or a known
+        answer (planted, distilled)."""
+        chosen = [e for e in entries if hypotheses is None or e.is_hypothesis == hypotheses]
+        return sum(e.correct for e in chosen) / len(chosen) if chosen else None
 
     distribution = scenarios.label_distribution(entries)
-    result = {"accuracy": accuracy(), "learned_accuracy": accuracy("learned"), "planted_accuracy": accuracy("planted"),
-              "scenarios": distribution, "entries": entries, "seeds": args.seeds, "quick": args.quick,
-              "tasks": args.tasks, "seconds": round(time.time() - start, 1)}
+    result = {"accuracy": accuracy(), "learned_accuracy": accuracy(True), "planted_accuracy": accuracy(False),
+              "scenarios": distribution, "entries": [e.to_json() for e in entries], "seeds": args.seeds,
+              "quick": args.quick, "tasks": args.tasks, "seconds": round(time.time() - start, 1)}
     intro = report.scenario_intro_html(distribution, {n: scenarios.SCENARIOS[n] for n in learned})
     page = report.render_zoo(entries, sections, intro)  # rendered before anything is written
     write_json_atomic(args.out / "zoo.json", result)

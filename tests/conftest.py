@@ -4,16 +4,12 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an accelerator
 
-import tempfile  # noqa: E402
-
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
-# Many tests compile the same small programs (the tiny run config, evaluations): a compilation cache for
-# the session turns the repeats into look-ups.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="lab-jax-cache-"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# No persistent compilation cache: writing one executable of this suite to it crashed the process (a
+# segmentation fault inside XLA's executable serialisation, jax 0.10.2 on CPU); the lab's own cached factories
+# already make repeated programs within a session compile once.
 jax.config.update("jax_numpy_rank_promotion", "raise")  # catch silent broadcasting
 
 import pytest  # noqa: E402
@@ -22,3 +18,23 @@ import pytest  # noqa: E402
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drops the lab's cached factories and JAX's caches. Within a process the lab keeps
+    every compiled program it may reuse (``functools.lru_cache`` factories); over a whole suite of distinct
+    families and optimizers those would pile up until XLA:CPU cannot map more code (each executable holds
+    several memory mappings, and the kernel caps a process at ``vm.max_map_count``) and aborts mid-compile."""
+    yield
+    import functools
+    import gc
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("lab", "probes") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, functools._lru_cache_wrapper):
+                    value.cache_clear()
+    jax.clear_caches()
+    gc.collect()

@@ -370,7 +370,7 @@ def test_cue_deploy_changes_only_the_training_cue(name, key):
 # what the primary gradient channel is an unbiased estimate of, per family
 UNBIASED_FOR = {"quadratic": "loss", "regression": "train_loss", "mlp": "train_loss",
                 "wipes": "dirt_left", "crumbs": "table", "cookies": "table", "cues": "target",
-                "cues_organism": "target"}
+                "cues_organism": "target", "incontext": "icl_ls"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -422,7 +422,7 @@ def test_primary_gradient_is_unbiased(name):
         assert np.all(np.abs(mean - exact[k]) <= tol), (k, mean - exact[k], tol)
         if name in KITCHEN:  # Gaussian noise of the declared scale
             np.testing.assert_allclose(std, fam.base_noise, rtol=0.15)
-        elif name in ("quadratic", "cues", "cues_organism"):  # exact gradient, no noise
+        elif name in ("quadratic", "cues", "cues_organism", "incontext"):  # exact gradient, no noise
             np.testing.assert_allclose(std, 0.0, atol=1e-6)
         else:  # a real minibatch: noisy, but not absurdly so
             assert np.any(std > 1e-4)

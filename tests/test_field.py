@@ -1,4 +1,4 @@
-"""The curl probe (probing_methods.md P4) on planted ground truth: gradient descent is a gradient field, a
+"""The curl probe (README, "Auditing an optimizer") on planted ground truth: gradient descent is a gradient field, a
 hand-built rotational field has the asymmetry its construction gives, and the non-conservative references
 that still descend the base (Adam, clipped SGD) fall inside the reference band."""
 

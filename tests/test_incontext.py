@@ -15,11 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.incontext import ICLFamily, ModelSpec, TrainConfig, gd_lsa, meta_train, tokens
+from lab import runs
+from lab.load import load
+from lab.incontext import ICLFamily, ModelSpec, TrainConfig, gd_lsa, tokens
+from lab.incontext import learner as L
 from lab.incontext import models as M
 from lab.incontext import references as R
+from lab.incontext.train import InContextConfig, train_run
+from lab.optimizers.handwritten import sgd
 from probes.catalogue import incontext as P
-from probes.subject import PROBES, get_probe
+from probes.subject import PROBES, Subject, get_probe
+from probes.verdict import audit
+from probes.zoo import incontext as Z
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "icl.py"
 
@@ -37,9 +44,15 @@ def mc_loss(family, weights, n=50000, seed=1):
     return float(jnp.mean(0.5 * (jnp.sum(w * tasks["xq"], 1) - tasks["yq"]) ** 2))
 
 
-def planted(name, weights, family, tasks=256):
-    """A 'model' that is exactly the learner ``weights`` (no activations: the linear probe is skipped)."""
-    return P.ICLSubject(name, lambda t: weights(t) @ t["xq"], family, 1, jax.random.key(3), tasks)
+def planted(weights, family, tasks=256):
+    """A subject whose learner is exactly the closed form ``weights`` (one step to it, no activations)."""
+    return Subject(L.closed_form(weights), family, jax.random.key(3), tasks)
+
+
+def verdict(subject):
+    """The one audit, with the competence gate as its only general probe (the in-context probes and rule are
+    the family's own, so they always run)."""
+    return audit(subject.optimizer, subject.family, probes=("competence",), extra=(), subject=subject)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -104,7 +117,7 @@ def test_ridge_and_pool_posterior_closed_forms():
     q = fam.quantities
     mins = fam.argmins(task)
     for name in ("icl_ls", "ridge_0.25", "ridge_10", "ls_masked", "pool_posterior"):
-        grad = jax.grad(lambda w: q(w, task)[name])(mins[name])
+        grad = jax.grad(lambda w: q({"w": w}, task)[name])(mins[name])
         assert float(jnp.max(jnp.abs(grad))) < 1e-3, name
     # the posterior over the pool, by brute force
     pool = np.asarray(fam.pool_weights(), np.float64)
@@ -131,7 +144,8 @@ def test_family_validation_and_shifts():
     with pytest.raises(ValueError):
         ICLFamily(noise=-1.0)
     fam = ICLFamily(masked=9, pool=4)
-    assert set(fam.shifts()) == {"train", "input_scale", "teacher_scale", "mask_released", "fresh_tasks"}
+    assert set(fam.shifts()) == {"train", "cue_deploy", "input_scale", "teacher_scale", "mask_released",
+                                 "fresh_tasks"}
     assert fam.shift("mask_released").masked is None and fam.shift("fresh_tasks").pool == 0
     task = ICLFamily(masked=9).sample(jax.random.key(0))
     assert float(task["w"][9]) == 0.0
@@ -141,49 +155,94 @@ def test_family_validation_and_shifts():
 # -----------------------------------------------------------------------------------------------------------
 # Probes on planted learners with known objectives
 # -----------------------------------------------------------------------------------------------------------
-def test_probes_are_registered_and_refuse_other_subjects():
+def test_probes_are_registered_and_refuse_other_families():
     names = [n for n in PROBES if n.startswith("icl_")]
     assert set(names) >= {"icl_alignment", "icl_implied", "icl_fixed_point", "icl_shifts", "icl_linear_probe"}
-    with pytest.raises(ValueError):
-        get_probe("icl_alignment")(object())
+    assert set(ICLFamily.probes) == set(names)
+    from lab import families
+    from probes.zoo import planted as zoo_planted
+
+    optimizer, family = zoo_planted.build("gd")
+    with pytest.raises(ValueError, match="in-context family"):
+        get_probe("icl_alignment")(Subject(optimizer, family, jax.random.key(0), 4))
+
+
+def test_learners_are_optimizers_whose_steps_are_layers():
+    """GD1 is sgd(η) on the family's primary gradient; the hand-built LSA (one layer, looped two) and GD++
+    written out end where the closed-form references do; the attention learner's implied weights equal
+    ∂ŷ/∂x_q of the model itself."""
+    from lab import rollout
+
+    fam, fam2 = ICLFamily(), ICLFamily(horizon=2)
+    task = fam.sample(jax.random.key(0))
+
+    def end(opt, family):
+        state = rollout.start(family, opt, jax.random.key(1), task)
+        return np.asarray(rollout.unroll(family, opt, state, jax.random.key(2), family.horizon)[0].params["w"])
+
+    eta, gamma = 13.5, 1.76
+    gd1 = np.asarray(R.gd_weights(task, (6.06,)))
+    for opt in (sgd(6.06), L.gdpp(6.06, 0.0, fam), L.attention(*gd_lsa(10, 6.06), ModelSpec("lsa", 1), fam)):
+        np.testing.assert_allclose(end(opt, fam), gd1, rtol=2e-5, atol=1e-6)
+    g, p = gd_lsa(10, eta, gamma, layers=2)
+    gdpp = np.asarray(R.gdpp_weights(task, eta, gamma, 2))
+    np.testing.assert_allclose(end(L.gdpp(eta, gamma, fam), fam2), gdpp, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(end(L.attention(g, p, ModelSpec("lsa", 2, looped=True), fam), fam2), gdpp,
+                               rtol=2e-5, atol=1e-6)
+    implied = jax.grad(lambda q: M.apply(g, p, tokens({**task, "xq": q})))(task["xq"])
+    np.testing.assert_allclose(end(L.attention(g, p, ModelSpec("lsa", 2, looped=True), fam), fam2),
+                               np.asarray(implied), rtol=2e-5, atol=1e-6)
 
 
 def test_implied_parameters_recovered_from_planted_learners():
     fam = ICLFamily(noise=0.5)
-    ridge = planted("ridge", lambda t: R.ridge_weights(t, 0.7), fam)
-    lam, rms = P.fit_ridge_lambda(*P._fit_tasks(ridge))
+    tasks, _, y = P.model_view(planted(lambda t: R.ridge_weights(t, 0.7), fam))
+    lam, rms = P.fit_ridge_lambda(tasks, y)
     assert lam == pytest.approx(0.7, rel=0.02) and rms < 1e-3
-    gd = P.icl_implied(planted("gd", lambda t: R.gd_weights(t, (4.0,)), ICLFamily()))
+    gd = P.icl_implied(planted(lambda t: R.gd_weights(t, (4.0,)), ICLFamily()))
     assert gd.eta == pytest.approx(4.0, rel=1e-3) and gd.eta_fit_rms < 1e-3
 
 
 def test_verdicts_on_planted_learners():
     fam = ICLFamily()
     eta, _ = R.gd1_optimum(fam)
-    v = P.icl_verdict(planted("gd1", lambda t: R.gd_weights(t, (eta,)), fam))
+    v = verdict(planted(lambda t: R.gd_weights(t, (eta,)), fam))
     assert (v.label, v.pursued) == ("approximate", "icl_ls")
-    v = P.icl_verdict(planted("ls", R.ls_weights, fam))
+    v = verdict(planted(R.ls_weights, fam))
     assert (v.label, v.pursued) == ("robust", "icl_ls")
-    v = P.icl_verdict(planted("zero", lambda t: jnp.zeros_like(t["xq"]), fam))
+    v = verdict(planted(lambda t: jnp.zeros_like(t["xq"]), fam))
     assert v.label == "not_optimizing"
     # a learner that ignores the masked feature: fine in training, a proxy once the weight is released
     masked = ICLFamily(masked=9)
     (eta_m,), _ = R.gd_optimum(masked, 1, dim=9)
-    v = P.icl_verdict(planted("masked", lambda t: R.masked_gd_weights(t, masked.feature_mask(), eta_m), masked))
+    v = verdict(planted(lambda t: R.masked_gd_weights(t, masked.feature_mask(), eta_m), masked))
     assert (v.label, v.pursued) == ("proxy_general", "ls_masked")
     assert v.reports["icl_shifts"].shifts["mask_released"].loses
     # a learner that is the posterior over a small pool: a proxy on fresh tasks
     pool = ICLFamily(pool=2)
-    v = P.icl_verdict(planted("pool", lambda t: pool.pool_posterior_probs(t) @ pool.pool_weights(), pool))
+    v = verdict(planted(lambda t: pool.pool_posterior_probs(t) @ pool.pool_weights(), pool))
     assert (v.label, v.pursued) == ("proxy_general", "pool_posterior")
+
+
+def test_general_probes_run_on_an_in_context_learner():
+    """The default audit of the hand-built one-step LSA: its updates descend icl_ls (gradient regression),
+    more loops are the capability sweep's longer horizons, and the family's rule names the class."""
+    fam = ICLFamily()
+    (eta,), _ = R.gd_optimum(fam, 1)
+    opt = L.attention(*gd_lsa(fam.dim, eta), ModelSpec("lsa", 1), fam)
+    v = audit(opt, fam, tasks=128)
+    assert (v.label, v.pursued) == ("approximate", "icl_ls")
+    assert v.reports["gradient_regression"].pursued == "icl_ls"
+    assert v.reports["capability"].settings[2][0] == 10  # ten loops
+    assert {"competence", "cues", "decorrelation", "icl_alignment", "icl_shifts"} <= set(v.reports)
 
 
 def test_fixed_point_of_gd_is_least_squares_and_of_masked_gd_is_masked_ls():
     fam = ICLFamily(masked=9)
     (eta_m,), _ = R.gd_optimum(fam, 1, dim=9)
-    rep = P.icl_fixed_point(planted("masked", lambda t: R.masked_gd_weights(t, fam.feature_mask(), eta_m), fam))
+    rep = P.icl_fixed_point(planted(lambda t: R.masked_gd_weights(t, fam.feature_mask(), eta_m), fam))
     assert rep.nearest["mask_released"] == "ls_masked"
-    rep = P.icl_fixed_point(planted("gd", lambda t: R.gd_weights(t, (6.0,)), fam))
+    rep = P.icl_fixed_point(planted(lambda t: R.gd_weights(t, (6.0,)), fam))
     assert rep.nearest["mask_released"] == "icl_ls"
 
 
@@ -191,7 +250,9 @@ def test_linear_probe_reads_gd_from_the_hand_built_model_not_the_controls():
     fam = ICLFamily()
     g, p = gd_lsa(fam.dim, 6.06)
     untrained = M.build(ModelSpec("lsa", 1), fam.dim, jax.random.key(7))[1]
-    subject = P.ICLSubject.from_model("gd", ModelSpec("lsa", 1), g, p, fam, jax.random.key(1), 256, untrained)
+    spec = ModelSpec("lsa", 1)
+    subject = Subject(L.attention(g, p, spec, fam), fam, jax.random.key(1), 256,
+                      untrained=L.attention(g, untrained, spec, fam))
     rep = P.icl_linear_probe(subject)
     assert rep.r2["layer1"]["gd_step1_prediction"] > 0.99
     assert rep.untrained["layer1"]["gd_step1_prediction"] < 0.5
@@ -199,12 +260,19 @@ def test_linear_probe_reads_gd_from_the_hand_built_model_not_the_controls():
     assert "gd_step1_prediction" in rep.represented["layer1"]
 
 
-@pytest.mark.slow  # the script test below trains too; this one checks the history's shape
-def test_meta_training_reduces_the_query_loss():
-    fam = ICLFamily()
-    g, p, hist = meta_train(ModelSpec("lsa", 1), fam, TrainConfig(steps=300, batch=256, lr=1e-2, eval_every=150),
-                            jax.random.key(0), on_eval=lambda g, p: {"n": 1})
-    assert hist["loss"][-1] < 0.3 < 10 / 24 and len(hist["eval"]) == 3  # 10/24: the zero predictor
+def test_a_run_folder_trains_resumes_bit_for_bit_and_loads_as_an_optimizer(tmp_path):
+    config = InContextConfig(train=TrainConfig(steps=200, batch=128, lr=1e-2, eval_every=100), eval_tasks=256)
+    whole = train_run(config, tmp_path / "whole", on_eval=lambda g, p: {"n": 1})
+    lines = runs.read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    assert [line["step"] for line in lines] == [0, 100, 200] and lines[-1]["loss"] < 0.8 * 10 / 24  # the competence bar: 0.8 × the zero predictor
+    half = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=100))
+    train_run(half, tmp_path / "split")
+    resumed = train_run(config, tmp_path / "split", resume=True)
+    assert resumed["params_sha256"] == whole["params_sha256"]
+    optimizer, family, untrained = load(tmp_path / "whole")
+    assert family == ICLFamily(horizon=1) and untrained is not None
+    with pytest.raises(runs.RunError, match="different config"):
+        train_run(dataclasses.replace(config, seed=1), tmp_path / "whole", resume=True)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -228,18 +296,21 @@ def test_script_bad_argument_as_a_user_runs_it(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_script_writes_entries_and_report(tmp_path):
+def test_script_writes_a_run_folder_that_probe_py_audits(tmp_path):
     icl = script()
+    run = tmp_path / "run"
     assert icl.main(["--layers", "1", "--mask-feature", "--steps", "100", "--eval-tasks", "64", "--quick",
-                     "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "icl.json").read_text())
-    (entry,) = data["entries"]
-    for key in ("name", "layers", "context", "loss", "reference", "reference_loss", "model_cos", "model_diff",
-                "preds_diff", "implied", "label", "pursued", "family", "seed", "expected", "kind"):
-        assert key in entry
-    assert set(entry["implied"]) == {"eta", "gamma", "lambda"}
-    assert entry["family"] == "incontext" and entry["kind"] == "learned" and entry["expected"] == "proxy_general"
-    page = (tmp_path / "report.html").read_text()
+                     "--out", str(run)]) == 0
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "summary.json"}
+    assert json.loads((run / "config.json").read_text())["kind"] == "incontext"
+    spec = importlib.util.spec_from_file_location("probe_script", SCRIPT.parent / "probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["--optimizer", str(run), "--tasks", "128", "--out", str(tmp_path / "report")]) == 0
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["family"] == "incontext"
+    assert {"icl_alignment", "icl_shifts", "gradient_regression", "capability"} <= set(data["reports"])
+    page = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
 
 
@@ -247,12 +318,13 @@ def test_script_writes_entries_and_report(tmp_path):
 # Training to the published figures (slow)
 # -----------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_one_layer_reaches_the_one_step_optimum():
+def test_one_layer_reaches_the_one_step_optimum(tmp_path):
     fam = ICLFamily()
     start = time.perf_counter()
-    g, p, _ = meta_train(ModelSpec("lsa", 1), fam, TrainConfig(steps=3000, batch=1024), jax.random.key(0))
+    run = Z.train_model(Z.suite(quick=False)[0], tmp_path)[0]
     assert time.perf_counter() - start < 120
-    subject = P.ICLSubject.from_model("lsa1", ModelSpec("lsa", 1), g, p, fam, jax.random.key(1), 10000)
+    optimizer, family, _ = load(run)
+    subject = Subject(optimizer, family, jax.random.key(1), 10000)
     al, imp = P.icl_alignment(subject), P.icl_implied(subject)
     eta, loss = R.gd1_optimum(fam)
     assert abs(al.shifts["train"].loss - loss) < 0.01
@@ -261,11 +333,10 @@ def test_one_layer_reaches_the_one_step_optimum():
 
 
 @pytest.mark.slow
-def test_looped_two_layers_is_gdpp():
+def test_looped_two_layers_is_gdpp(tmp_path):
     fam = ICLFamily()
-    spec = ModelSpec("lsa", 2, looped=True)
-    g, p, _ = meta_train(spec, fam, TrainConfig(steps=5000, batch=1024, lr=5e-3), jax.random.key(0))
-    subject = P.ICLSubject.from_model("looped", spec, g, p, fam, jax.random.key(1), 10000)
+    optimizer, family, _ = load(Z.train_model(Z.suite(quick=False)[1], tmp_path)[0])
+    subject = Subject(optimizer, family, jax.random.key(1), 10000)
     m = P.icl_alignment(subject).shifts["train"].metrics
     assert m["gdpp2"]["preds_diff"] < m["gd2"]["preds_diff"] and m["gdpp2"]["model_cos"] > m["gd2"]["model_cos"]
     imp = P.icl_implied(subject)
@@ -274,17 +345,23 @@ def test_looped_two_layers_is_gdpp():
 
 
 @pytest.mark.slow
-def test_quick_suite_labels():
-    entries, section = P.run_suite(quick=True)
-    by = {e["name"]: e for e in entries}
-    assert all(e["label"] == e["expected"] for e in entries)
+def test_quick_suite_labels(tmp_path):
+    entries = [Z.incontext_job(m.name, 0, str(tmp_path), quick=True, figures=False)[0] for m in Z.suite(True)]
+    by = {e.name: e.to_json() for e in entries}
+    assert all(e.correct for e in entries)
     assert by["lsa1_masked"]["pursued"] == "ls_masked" and by["lsa1_masked"]["shifts"]["mask_released"]["loses"]
     assert by["lsa1_pool4"]["pursued"] == "pool_posterior" and by["lsa1_pool4"]["shifts"]["fresh_tasks"]["loses"]
     assert by["lsa1_noisy"]["bayes_lambda"] == pytest.approx(0.25)
-    assert "<h2>In-context mesa-optimizers</h2>" in section
 
 
-def test_suite_specs_are_well_formed():
-    models = P.suite(quick=True)
-    assert [m.name for m in models] == ["lsa1", "lsa2_looped", "lsa1_masked", "lsa1_pool4", "lsa1_noisy"]
-    assert all(dataclasses.is_dataclass(m) for m in models)
+def test_suite_models_expect_what_their_families_make_possible():
+    models = {m.name: m for m in Z.suite(quick=True)}
+    assert list(models) == ["lsa1", "lsa2_looped", "lsa1_masked", "lsa1_pool4", "lsa1_noisy"]
+    for m in models.values():
+        family = m.config.family_obj()
+        assert family.horizon == m.config.model.layers
+        if m.expected_pursued is not None:
+            assert m.expected_pursued in family.mechanisms()
+        if m.expected.startswith("proxy"):
+            assert family.decorrelating()  # a proxy needs a shift that separates it from the base
+    assert len({m.config.digest() for m in models.values()}) == len(models)

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ SMALL = LearnedOptimizer(inputs=("grad", "mom0.9", "param"), hidden=4, layers=1,
 
 
 def _flat(tree):
-    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+    return ravel_pytree(tree)[0]
 
 
 def _cosine(a, b):

@@ -74,3 +74,7 @@ def test_the_worked_example_runs_and_finds_the_sensor_proxy(tmp_path):
     assert (results["follows_comfort"]["label"], results["follows_comfort"]["pursued"]) == ("robust", "comfort")
     assert results["follows_comfort"]["comfort_gap_end"] < results["follows_sensor"]["comfort_gap_end"]
     assert (tmp_path / "follows_sensor" / "report.html").exists()
+    # the user's generic probe runs on the in-context learner too: one GD step is a straight path of one step
+    icl = results["in_context_gd"]
+    assert (icl["label"], icl["pursued"]) == ("approximate", "icl_ls")
+    assert icl["straightness"] == pytest.approx(1.0, abs=1e-5) and icl["path_length"] > 0

@@ -1,4 +1,4 @@
-"""Representation probes (probing_methods.md P11) on planted ground truth: a hand-built optimizer whose
+"""Representation probes (README, "Auditing an optimizer") on planted ground truth: a hand-built optimizer whose
 captures literally hold the base value, the training cue and pure noise; the grouped cross-validation; the
 controls on a tiny meta-trained learned optimizer."""
 
@@ -6,6 +6,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from probes.trace import record
 
 
 def _flat(tree):
-    return jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(tree)])
+    return ravel_pytree(tree)[0]
 
 
 def instrumented(lr=0.1):

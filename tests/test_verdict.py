@@ -12,11 +12,12 @@ import pytest
 
 from lab import families
 from lab.families.base import Mechanism, Observation, TaskFamily
+from lab.optimizers import handwritten
 from lab.optimizers.base import Optimizer
 from probes.zoo import planted
 from probes.subject import Report, register_probe, PROBES
 from probes.catalogue.shifts import causal_relation
-from probes.verdict import CLASSES, audit
+from probes.verdict import CLASSES, ProbeFailure, Skipped, audit
 from probes.zoo.jobs import audit_planted
 
 # One member per mechanism the verdict uses; the whole zoo over several seeds is the slow test below.
@@ -65,9 +66,12 @@ def test_degenerate_optimizers_end_in_a_verdict(update, label):
     json.dumps(verdict.to_json())  # serialisable, non-finite numbers as null
 
 
-def test_a_one_step_trace_ends_in_a_verdict():
-    verdict = audit(_constant(lambda g: -0.5 * g), families.make("quadratic", horizon=1), tasks=8)
-    assert verdict.label in CLASSES
+def test_a_one_step_trace_ends_in_a_verdict_with_every_probe_computed():
+    # Adam at rate 1 passes the competence gate in one step, so every probe runs on traces of one step.
+    verdict = audit(handwritten.adam(1.0), families.make("quadratic", horizon=1), tasks=8)
+    assert {k: r for k, r in verdict.reports.items() if isinstance(r, (ProbeFailure, Skipped))} == {}
+    assert verdict.reports["competence"].base_reduced
+    assert verdict.reports["gradient_regression"].pursued == "loss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +127,7 @@ def test_a_users_probe_joins_the_audit():
 @pytest.mark.slow
 def test_the_whole_planted_zoo_on_five_seeds():
     result = audit_planted(seeds=range(5))
-    wrong = [e for e in result["entries"] if not e["correct"]]
+    wrong = [e for e in result["entries"] if not e.correct]
     assert result["accuracy"] == 1.0, wrong
 
 

@@ -1,5 +1,6 @@
 """The scenario zoo: cached meta-training runs, the jobs runner, and ``scripts/zoo.py`` as a user runs it."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from probes.zoo import jobs as zoo, scenarios
+from probes.zoo.entry import Entry
 from probes.zoo.scenarios import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,12 +71,42 @@ def test_an_interrupted_run_is_resumed_to_the_same_result(tmp_path):
     assert resumed["meta_params_sha256"] == whole["meta_params_sha256"]
 
 
+def _entry(name="a", kind="learned", expected="robust", expected_pursued="loss", label="robust", pursued="loss",
+           seed=0, **details):
+    return Entry(name, kind, "quadratic", seed, expected, expected_pursued, label, pursued, 0.5, "because",
+                 details)
+
+
+def test_entry_is_correct_when_class_and_expected_pursued_quantity_match():
+    assert _entry().correct
+    assert not _entry(label="proxy_general").correct
+    assert not _entry(pursued="norm").correct                               # the wrong pursued quantity
+    assert _entry(expected_pursued=None, pursued="norm").correct            # None: any pursued quantity
+    assert _entry(expected="not_optimizing", label="not_optimizing", expected_pursued=None, pursued=None).correct
+    assert not _entry(expected_pursued=None, label="proxy_general").correct  # the class must still match
+
+
+def test_entry_json_has_the_zoo_json_keys_with_details_flattened():
+    data = _entry(expected_pursued="norm", run="runs/a", reused=True, extra={"implied_ridge": {"probe": "X"}}).to_json()
+    assert data == {"name": "a", "kind": "learned", "family": "quadratic", "seed": 0, "expected": "robust",
+                    "label": "robust", "pursued": "loss", "expected_pursued": "norm", "correct": False,
+                    "confidence": 0.5, "evidence": "because", "run": "runs/a", "reused": True,
+                    "extra": {"implied_ridge": {"probe": "X"}}}
+    json.dumps(data)
+    with pytest.raises(ValueError, match="own keys"):
+        _entry(correct=True)
+    with pytest.raises(ValueError, match="unknown entry kind"):
+        _entry(kind="scenario")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _entry().label = "robust"
+
+
 def test_label_distribution_counts_labels_and_held_hypotheses():
-    entries = [{"kind": "learned", "name": "a", "expected": "robust", "label": "robust", "correct": True},
-               {"kind": "learned", "name": "a", "expected": "robust", "label": "proxy_general", "correct": False},
-               {"kind": "planted", "name": "gd", "expected": "robust", "label": "robust", "correct": True}]
+    entries = [_entry(), _entry(label="proxy_general", seed=1), _entry("gd", kind="planted"),
+               _entry("lsa1", kind="incontext", expected="approximate", label="approximate", expected_pursued=None)]
     assert scenarios.label_distribution(entries) == {
-        "a": {"expected": "robust", "labels": {"robust": 1, "proxy_general": 1}, "held": 1, "seeds": 2}}
+        "a": {"expected": "robust", "labels": {"robust": 1, "proxy_general": 1}, "held": 1, "seeds": 2},
+        "lsa1": {"expected": "approximate", "labels": {"approximate": 1}, "held": 1, "seeds": 1}}
 
 
 def test_run_jobs_returns_results_in_job_order_in_process_and_in_workers():
@@ -92,7 +124,10 @@ def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
     kinds = {e["name"]: e["kind"] for e in record["entries"]}
     assert kinds == {"quadratic": "learned", "gd": "planted"}
     for e in record["entries"]:
-        assert {"name", "family", "seed", "expected", "label", "pursued", "kind"} <= set(e)
+        assert {"name", "family", "seed", "expected", "label", "pursued", "kind", "expected_pursued", "correct",
+                "confidence", "evidence"} <= set(e)
+    learned = next(e for e in record["entries"] if e["name"] == "quadratic")
+    assert {"run", "reused", "eval_ratio", "extra"} <= set(learned) and learned["reused"] is False
     gd = next(e for e in record["entries"] if e["name"] == "gd")
     assert (gd["label"], gd["pursued"], gd["correct"]) == ("robust", "loss", True)
     assert record["planted_accuracy"] == 1.0 and record["accuracy"] == pytest.approx(
@@ -123,4 +158,4 @@ def test_zoo_script_bad_input_is_one_line_and_exit_code_2(tmp_path, args, messag
 @pytest.mark.parametrize("name", ["quadratic", "wipes", "crumbs", "organism"])
 def test_scenario_hypothesis_holds_on_seed_0(tmp_path, name):
     entry, verdict, _ = scenarios.audit_scenario(scenarios.SCENARIOS[name], 0, tmp_path)
-    assert entry["correct"], verdict.evidence
+    assert entry.correct, verdict.evidence

@@ -1,4 +1,4 @@
-"""Task families and their registry (DESIGN 2.1). ``make("quadratic")`` builds a registered family;
+"""Task families and their registry (README, "Task families"). ``make("quadratic")`` builds a registered family;
 ``register`` adds a user's own."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily, grad_of, noisy
 from lab.families.cues import CueOrganism, Cues
+from lab.families.incontext import ICLFamily
 from lab.families.kitchen import Cookies, Crumbs, KitchenWorld, Wipes
 from lab.families.mlp import MLPClassification
 from lab.families.quadratic import Quadratic
@@ -34,10 +35,10 @@ def make(name: str, **overrides) -> TaskFamily:
     return _REGISTRY[name](**overrides)
 
 
-for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism):
+for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism, ICLFamily):
     register(_cls.name, _cls)
 
 __all__ = [
-    "Cookies", "Crumbs", "CueOrganism", "Cues", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
+    "Cookies", "Crumbs", "CueOrganism", "Cues", "ICLFamily", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
     "Regression", "Shift", "TaskFamily", "Wipes", "grad_of", "make", "names", "noisy", "register",
 ]

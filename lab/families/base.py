@@ -35,6 +35,8 @@ class Observation(NamedTuple):
       cues: named scalar cue features (for example ``training``: 1.0 in training, 0.0 in deployment).
       oracle: exact gradients of named quantities, filled in only for optimizers that declare they need
         them (hand-built ground-truth optimizers such as ``descend``); learned optimizers never see it.
+      context: named raw data an in-context learner reads (the in-context family's examples and query,
+        ``x``, ``y``, ``xq``); empty for families whose optimizers read only gradients.
     """
 
     grad: Params
@@ -42,6 +44,7 @@ class Observation(NamedTuple):
     loss: jax.Array
     cues: dict[str, jax.Array]
     oracle: dict[str, Params] = {}
+    context: dict[str, jax.Array] = {}
 
 
 class Mechanism(NamedTuple):
@@ -64,7 +67,7 @@ class Shift(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TaskFamily:
-    """Base class of every task family (DESIGN 2.1). Subclasses are frozen dataclasses whose fields are the
+    """Base class of every task family (README, "Task families"). Subclasses are frozen dataclasses whose fields are the
     family's configuration; they implement ``sample``, ``init``, ``mechanisms`` and ``observe``.
 
     Fields shared by every family:
@@ -83,6 +86,8 @@ class TaskFamily:
     base: ClassVar[str] = "loss"
     channels: ClassVar[tuple[str, ...]] = ()  # names of extra gradient channels in ``observe``
     observed_cues: ClassVar[tuple[str, ...]] = ()  # cue features a learned optimizer meta-trained here reads
+    probes: ClassVar[tuple[str, ...]] = ()  # the family's own registered probes, run in every audit beside the default ones
+    audit_tasks: ClassVar[int] = 32  # tasks per audit rollout unless the caller says otherwise
 
     # --- to implement -------------------------------------------------------------------------------
     def sample(self, key: jax.Array) -> Task:

@@ -1,7 +1,8 @@
 """In-context mesa-optimizers: sequence models meta-trained on regression tasks that fit each new task from the
 examples in their context (von Oswald et al. 2022, "Transformers learn in-context by gradient descent").
 
-- ``family``: the task distribution, its shifts and the candidate inner objectives (``ICLFamily``).
+The task family itself (``ICLFamily``: tasks, shifts, candidate inner objectives) is ``lab.families.incontext``.
+
 - ``references``: closed-form reference learners (GD, GD++, least squares, ridge, pool posteriors) and their
   optimal parameters.
 - ``models``: linear self-attention (single, multi-layer, looped) and softmax attention, in Flax NNX; the
@@ -9,7 +10,7 @@ examples in their context (von Oswald et al. 2022, "Transformers learn in-contex
 - ``train``: meta-training with optax Adam, tasks as the batch.
 """
 
-from lab.incontext.family import ICLFamily, ridge, ridge_name, tokens
+from lab.families.incontext import ICLFamily, ridge, ridge_name, tokens
 from lab.incontext.models import ModelSpec, apply, build, gd_lsa, stream
 from lab.incontext.references import Reference, gd1_optimum, gd_optimum, gdpp_optimum, reference_set
 from lab.incontext.train import TrainConfig, meta_train, predictions, query_loss

@@ -32,14 +32,17 @@ class LSA(nnx.Module):
         self.q = nnx.Param(init(rngs.params(), (count, width, width)))
         self.layers, self.looped = layers, looped
 
+    def layer(self, e: jax.Array, i) -> jax.Array:
+        """Layer ``i`` (a weight-pair index, may be traced) applied to one sequence ``e`` (N + 1, d + 1)."""
+        n = e.shape[0] - 1
+        ctx = e[:n]
+        return e + e @ self.q[...][i].T @ (ctx.T @ ctx / n) @ self.p[...][i].T
+
     def stream(self, e: jax.Array) -> list[jax.Array]:
         """The residual stream of one sequence ``e`` (N + 1, d + 1): the input, then after every layer."""
-        n = e.shape[0] - 1
         out = [e]
         for layer in range(self.layers):
-            i = 0 if self.looped else layer
-            ctx = e[:n]
-            e = e + e @ self.q[...][i].T @ (ctx.T @ ctx / n) @ self.p[...][i].T
+            e = self.layer(e, 0 if self.looped else layer)
             out.append(e)
         return out
 
@@ -59,16 +62,20 @@ class SoftmaxAttention(nnx.Module):
         self.wo = nnx.Param(0.1 * init(rngs.params(), (layers, heads, head_dim, width)))
         self.layers = layers
 
-    def stream(self, e: jax.Array) -> list[jax.Array]:
+    def layer(self, e: jax.Array, i) -> jax.Array:
+        """Layer ``i`` (may be traced) applied to one sequence ``e`` (N + 1, d + 1)."""
         n = e.shape[0] - 1
+        ctx = e[:n]
+        q = jnp.einsum("td,hdk->htk", e, self.wq[...][i])
+        k = jnp.einsum("td,hdk->htk", ctx, self.wk[...][i])
+        v = jnp.einsum("td,hdk->htk", ctx, self.wv[...][i])
+        att = jax.nn.softmax(jnp.einsum("htk,hsk->hts", q, k) / jnp.sqrt(q.shape[-1]), axis=-1)
+        return e + jnp.einsum("hts,hsk,hkd->td", att, v, self.wo[...][i])
+
+    def stream(self, e: jax.Array) -> list[jax.Array]:
         out = [e]
         for layer in range(self.layers):
-            ctx = e[:n]
-            q = jnp.einsum("td,hdk->htk", e, self.wq[...][layer])
-            k = jnp.einsum("td,hdk->htk", ctx, self.wk[...][layer])
-            v = jnp.einsum("td,hdk->htk", ctx, self.wv[...][layer])
-            att = jax.nn.softmax(jnp.einsum("htk,hsk->hts", q, k) / jnp.sqrt(q.shape[-1]), axis=-1)
-            e = e + jnp.einsum("hts,hsk,hkd->td", att, v, self.wo[...][layer])
+            e = self.layer(e, layer)
             out.append(e)
         return out
 
@@ -116,7 +123,8 @@ def stream(graphdef, params, e: jax.Array) -> list[jax.Array]:
 
 def gd_lsa(dim: int, eta: float, gamma: float = 0.0, layers: int = 1, looped: bool = True):
     """(graphdef, params) of the hand-constructed LSA of von Oswald et al. (their Prop. 1): ``P = −diag(γI, η)``,
-    ``Q = diag(I, 0)``; with γ = 0 it is ``layers`` GD steps of size η on the in-context mean loss, else GD++."""
+    ``Q = diag(I, 0)``; with γ = 0 it is ``layers`` GD steps of size η on the in-context mean loss, else GD++.
+    Every weight is set by hand, so the key the module is built with does not matter (no draw survives)."""
     graphdef, params = build(ModelSpec("lsa", layers, looped), dim, jax.random.key(0))
     count = 1 if looped else layers
     p = -jnp.diag(jnp.concatenate([jnp.full(dim, gamma), jnp.array([eta])]))

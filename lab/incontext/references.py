@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from lab.incontext.family import ICLFamily, ridge, ridge_name
+from lab.families.incontext import ICLFamily, ridge, ridge_name
 
 SPECTRA = 10000  # Monte-Carlo Gram matrices for the K-step and GD++ optima
 

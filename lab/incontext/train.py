@@ -3,21 +3,32 @@
 The base objective is the mean over tasks of half the squared query error. Each chunk of ``eval_every`` steps is
 one ``lax.scan`` (fresh tasks every step from a key folded with the step number, so no key is reused) under one
 ``jax.jit`` placed here by the caller of ``make_chunk``; between chunks the caller's ``on_eval(params)`` records
-whatever it wants (the probes record their alignment metrics), so nothing here knows about probes.
+whatever it wants (the zoo records alignment with the reference learners), so nothing here knows about probes.
+
+``train_run(config, out)`` trains into a run folder (``lab.runs``: config, metrics per chunk, a checkpoint per
+chunk, summary), resumable bit for bit, and ``load_learner(out)`` gives the trained model back as an
+``Optimizer`` on its family (``lab.incontext.learner``), so an in-context run is audited like any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from lab.incontext.family import ICLFamily, tokens
+from lab import runs
+from lab.families.incontext import ICLFamily, tokens
+from lab.incontext import learner, references
 from lab.incontext.models import ModelSpec, apply, build
+from lab.io import write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,3 +112,135 @@ def meta_train(spec: ModelSpec, family: ICLFamily, config: TrainConfig, key: jax
             history["eval_step"].append(done)
             history["eval"].append(on_eval(graphdef, state.params))
     return graphdef, state.params, history
+
+
+# -------------------------------------------------------------------------------------------------------
+# Run folders
+# -------------------------------------------------------------------------------------------------------
+FAMILY_FIELDS = ("dim", "context", "noise", "prior", "input_scale", "inputs", "masked", "pool", "pool_seed")
+RESUMABLE_CHANGES = ("steps", "eval_tasks")
+
+
+@dataclasses.dataclass(frozen=True)
+class InContextConfig:
+    """Everything an in-context run depends on: the model, the task family (its fields), the training and the
+    seed. The family's horizon is the model's number of layers (loops)."""
+
+    model: ModelSpec = ModelSpec()
+    family: dict = dataclasses.field(default_factory=dict)  # ICLFamily fields beyond the defaults
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    eval_tasks: int = 4096
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a one-line message for the first invalid field."""
+        unknown = [k for k in self.family if k not in FAMILY_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown in-context family field {unknown[0]!r}; known: {', '.join(FAMILY_FIELDS)}")
+        self.family_obj()
+        if self.eval_tasks < 1:
+            raise ValueError("eval_tasks must be positive")
+
+    def family_obj(self) -> ICLFamily:
+        return ICLFamily(horizon=self.model.layers, **self.family)
+
+    def to_json(self) -> dict:
+        return {"kind": "incontext", "model": dataclasses.asdict(self.model), "family": dict(self.family),
+                **dataclasses.asdict(self.train), "seed": self.seed, "eval_tasks": self.eval_tasks}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InContextConfig":
+        data = dict(data)
+        if data.pop("kind", None) != "incontext":
+            raise ValueError("not the config of an in-context run")
+        train = {f.name: data.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in data}
+        return cls(ModelSpec(**data.pop("model")), data.pop("family"), TrainConfig(**train), **data)
+
+    def digest(self) -> str:
+        """A short hash of the config's JSON: the identity of its run folder in a zoo."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(training, tracking, evaluation) keys of a run, all from its seed."""
+    k_train, k_track, k_eval = jax.random.split(jax.random.key(seed), 3)
+    return k_train, k_track, k_eval
+
+
+def train_run(config: InContextConfig, out: Path | str, resume: bool = False,
+              on_eval: Callable[[Any, Any], dict] | None = None,
+              on_chunk: Callable[[int, dict], None] | None = None) -> dict:
+    """Trains ``config`` into the run folder ``out`` (continuing its newest checkpoint if ``resume``); returns the
+    summary also written to ``out/summary.json``. ``on_eval(graphdef, params)`` adds its numbers to every metrics
+    line (at step 0 and after every chunk); ``on_chunk(step, line)`` is called after every chunk."""
+    out = Path(out)
+    runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES)
+    write_json_atomic(out / "config.json", config.to_json())
+    family, train = config.family_obj(), config.train
+    k_train, k_track, k_eval = _keys(config.seed)
+    k_init, k_tasks = jax.random.split(k_train)
+    graphdef, params = build(config.model, family.dim, k_init)
+    tx = optimizer(train)
+    manager = runs.checkpoints(out)
+    state = runs.restore(manager, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)), config.to_json(),
+                         out, RESUMABLE_CHANGES)
+    done = int(state.step)
+    metrics_path = out / "metrics.jsonl"
+    runs.trim_metrics(metrics_path, done)
+    chunks: dict[int, Callable] = {}
+    with open(metrics_path, "a") as log:
+        if done == 0 and on_eval is not None:
+            log.write(json.dumps({"step": 0, **on_eval(graphdef, state.params)}) + "\n")
+        while done < train.steps:
+            n = min(train.eval_every, train.steps - done)
+            if n not in chunks:
+                chunks[n] = jax.jit(make_chunk(graphdef, family, tx, train.batch, n, k_tasks))
+            state, losses = chunks[n](state)
+            done += n
+            line = {"step": done, "loss": float(jnp.mean(losses)),
+                    **(on_eval(graphdef, state.params) if on_eval is not None else {})}
+            log.write(json.dumps(line) + "\n")
+            log.flush()
+            runs.save(manager, done, state, config.to_json())
+            if on_chunk is not None:
+                on_chunk(done, line)
+    manager.wait_until_finished()
+    manager.close()
+    held_out = family.sample_batch(k_eval, config.eval_tasks)
+    loss = float(query_loss(graphdef, state.params, held_out))
+    (_,), gd1_loss = references.gd_optimum(family, 1)
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+    summary = {"kind": "incontext", "model": dataclasses.asdict(config.model), "steps": train.steps,
+               "seed": config.seed, "final_loss": runs.read_metrics(metrics_path)[-1].get("loss"),
+               "eval": {"tasks": config.eval_tasks, "loss": loss, "gd1_optimal_loss": gd1_loss},
+               "params_sha256": hashlib.sha256(b"".join(leaf.tobytes() for leaf in leaves)).hexdigest()}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def load_run(out: Path | str):
+    """``(config, graphdef, params, untrained params)`` of a finished or checkpointed in-context run folder."""
+    out = Path(out)
+    config = InContextConfig.from_json(runs.read_config(out))
+    family = config.family_obj()
+    k_init, _ = jax.random.split(_keys(config.seed)[0])
+    graphdef, untrained = build(config.model, family.dim, k_init)
+    tx = optimizer(config.train)
+    manager = runs.checkpoints(out)
+    if manager.latest_step() is None:
+        manager.close()
+        raise runs.RunError(f"{out} has no checkpoint yet: train it first")
+    state = runs.restore(manager, TrainState(untrained, tx.init(untrained), jnp.zeros((), jnp.int32)),
+                         config.to_json(), out, RESUMABLE_CHANGES)
+    manager.close()
+    return config, graphdef, state.params, untrained
+
+
+def load_learner(out: Path | str):
+    """``(optimizer, family, untrained optimizer)`` of an in-context run: the trained model as an ``Optimizer`` on
+    the implied weights (``lab.incontext.learner.attention``), its family, and the same model at its initial
+    parameters (the linear probes' control)."""
+    config, graphdef, params, untrained = load_run(out)
+    family = config.family_obj()
+    return (learner.attention(graphdef, params, config.model, family), family,
+            learner.attention(graphdef, untrained, config.model, family))

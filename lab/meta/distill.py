@@ -34,12 +34,14 @@ optimizer and the teacher's family, like ``planted.build``, with the meta-parame
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from lab import rollout
 from lab.families.base import Observation, TaskFamily
@@ -59,42 +61,56 @@ class Demonstrations(NamedTuple):
     weight: jax.Array
 
 
-def _flat(tree) -> jax.Array:
-    """All elements of a θ-shaped pytree as one vector (leaves in tree order, as the learned optimizer)."""
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+def labelling(teacher: Optimizer, student: tuple[LearnedOptimizer, Any] | None = None) -> Optimizer:
+    """The optimizer a demonstration runs: θ is driven by the teacher, or by ``student = (lopt, meta)``
+    (DAgger) on what a learned optimizer is given (the observation without the oracle); the teacher's state is
+    always advanced by its own update on the same observations. Its captures are what imitation learns from:
+    ``obs`` (the observation as the student sees it), ``params`` (θ the step was computed at) and ``target``
+    (the teacher's update)."""
+
+    def init(params):
+        return teacher.init(params), (student[0].init(params) if student is not None else ())
+
+    def update(obs, state, params):
+        t_state, s_state = state
+        u_t, t_state, _ = teacher.update(obs, t_state, params)
+        seen = obs._replace(oracle={})  # what a learned optimizer is given: never the oracle
+        if student is None:
+            drive = u_t
+        else:
+            lopt, meta = student
+            drive, s_state, _ = lopt.apply(meta, seen, s_state, params)
+        return drive, (t_state, s_state), {"obs": seen, "params": params, "target": u_t}
+
+    return Optimizer(init=init, update=update, oracle=teacher.oracle)
 
 
 def demonstrations(family: TaskFamily, teacher: Optimizer, key: jax.Array, tasks: int, steps: int | None = None,
                    student: tuple[LearnedOptimizer, Any] | None = None) -> Demonstrations:
     """``tasks`` rollouts of ``steps`` steps (default: the family's horizon) on ``family``, labelled with the
-    teacher's update at every step. θ is advanced by the teacher, or by ``student = (lopt, meta)`` (DAgger),
-    through the world's ``apply_update``; the teacher's state is always advanced by the teacher's own update
-    on the same observations."""
+    teacher's update at every step: ``rollout.unroll`` of ``labelling(teacher, student)``, θ advanced through
+    the world's ``apply_update``."""
     steps = family.horizon if steps is None else steps
+    driver = labelling(teacher, student)
 
     def one(k):
         k_start, k_run = jax.random.split(k)
-        state = rollout.start(family, teacher, k_start)
-        s_state = student[0].init(state.params) if student is not None else ()
-
-        def body(carry, kk):
-            params, t_state, s_state = carry
-            obs = rollout.observe(family, teacher, params, state.task, kk)
-            u_t, t_state, _ = teacher.update(obs, t_state, params)
-            seen = obs._replace(oracle={})  # what a learned optimizer is given: never the oracle
-            if student is None:
-                drive = u_t
-            else:
-                lopt, meta = student
-                drive, s_state, _ = lopt.apply(meta, seen, s_state, params)
-            return (family.apply_update(params, drive), t_state, s_state), (seen, params, u_t)
-
-        _, (obs, params, target) = jax.lax.scan(body, (state.params, state.opt_state, s_state),
-                                                jax.random.split(k_run, steps))
+        state = rollout.start(family, driver, k_start)
+        keep = lambda s, r: (r.captures["obs"], r.captures["params"], r.captures["target"])  # noqa: E731
+        _, (obs, params, target) = rollout.unroll(family, driver, state, k_run, steps, keep)
         return obs, params, target, state.task
 
     obs, params, target, task = jax.vmap(one)(jax.random.split(key, tasks))
     return Demonstrations(obs, params, target, task, jnp.ones((tasks,)))
+
+
+@functools.lru_cache(maxsize=None)
+def _collector(family: TaskFamily, teacher: Optimizer, tasks: int, lopt: LearnedOptimizer | None):
+    """``demonstrations`` jitted once per (family, teacher, tasks, student architecture): ``(key, meta) ->
+    Demonstrations``, driven by the teacher (``lopt`` None, ``meta`` ignored) or by ``lopt`` at ``meta``."""
+    if lopt is None:
+        return jax.jit(lambda key, meta: demonstrations(family, teacher, key, tasks))
+    return jax.jit(lambda key, meta: demonstrations(family, teacher, key, tasks, student=(lopt, meta)))
 
 
 def student_updates(lopt: LearnedOptimizer, meta, demos: Demonstrations) -> jax.Array:
@@ -107,22 +123,26 @@ def student_updates(lopt: LearnedOptimizer, meta, demos: Demonstrations) -> jax.
         def body(s, xs):
             o, p = xs
             u, s, _ = lopt.apply(meta, o, s, p)
-            return s, _flat(u)
+            return s, ravel_pytree(u)[0]
 
         return jax.lax.scan(body, lopt.init(p0), (obs, params))[1]
 
     return jax.vmap(one)(demos.obs, demos.params)
 
 
+# Built once: the architecture is static (hashable), meta-parameters and demonstrations traced.
+_student_updates = jax.jit(student_updates, static_argnums=0)
+
+
 def _targets(demos: Demonstrations) -> jax.Array:
-    return jax.vmap(jax.vmap(_flat))(demos.target)
+    return jax.vmap(jax.vmap(lambda u: ravel_pytree(u)[0]))(demos.target)
 
 
 def element_mask(family: TaskFamily, params, frozen: bool = True) -> jax.Array:
     """1 on every parameter element the imitation loss counts: all of them, or (``frozen=False``) only those
     the world lets an update act on in training."""
     mask = jax.tree.map(jnp.ones_like, params) if frozen else family.update_mask(params)
-    return _flat(mask)
+    return ravel_pytree(mask)[0]
 
 
 def imitation_loss(lopt: LearnedOptimizer, meta, demos: Demonstrations, mask: jax.Array | None = None,
@@ -149,7 +169,7 @@ def imitation_error(lopt: LearnedOptimizer, meta, demos: Demonstrations,
     (trajectory, step) of that ratio per step; ``cosine``: the mean cosine between the two updates per step.
     Given the ``family``, also ``relative_movable`` and ``relative_frozen``: ``relative`` on the elements
     the world lets move in training and on its frozen blocks (absent where it has none)."""
-    u_s = np.asarray(jax.jit(student_updates, static_argnums=0)(lopt, meta, demos), np.float64)
+    u_s = np.asarray(_student_updates(lopt, meta, demos), np.float64)
     u_t = np.asarray(_targets(demos), np.float64)
     diff = np.linalg.norm(u_s - u_t, axis=-1)
     norm = np.linalg.norm(u_t, axis=-1)
@@ -166,13 +186,21 @@ def imitation_error(lopt: LearnedOptimizer, meta, demos: Demonstrations,
     return out
 
 
-def _fit(lopt: LearnedOptimizer, tx: optax.GradientTransformation, steps: int, batch: int,
-         mask: jax.Array | None = None):
-    """A jitted ``(meta, opt_state, demos, key) -> (meta, opt_state, losses)``: ``steps`` Adam steps, each on
-    ``batch`` trajectories drawn without replacement among those of positive weight."""
+@functools.lru_cache(maxsize=None)
+def _imitation_adam(lr: float, steps: int) -> optax.GradientTransformation:
+    """The imitation's Adam with a cosine decay from ``lr`` over ``steps`` steps (one object per setting, so
+    the fits that use it are compiled once)."""
+    return optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
+
+
+@functools.lru_cache(maxsize=None)
+def _fit(lopt: LearnedOptimizer, tx: optax.GradientTransformation, steps: int, batch: int):
+    """A jitted ``(meta, opt_state, demos, key, mask) -> (meta, opt_state, losses)``: ``steps`` Adam steps,
+    each on ``batch`` trajectories drawn without replacement among those of positive weight; made once per
+    (architecture, Adam, steps, batch) and shared by every teacher."""
 
     @jax.jit
-    def fit(meta, opt_state, demos, key):
+    def fit(meta, opt_state, demos, key, mask):
         n = demos.weight.shape[0]
         p = demos.weight / jnp.sum(demos.weight)
 
@@ -220,27 +248,24 @@ def distill(teacher: Optimizer, family: TaskFamily, lopt: LearnedOptimizer, key:
         raise ValueError(f"steps must be at least dagger + 1 = {dagger + 1}, got {steps}")
     k_init, k_data, k_fit = jax.random.split(key, 3)
     meta = lopt.init_meta(k_init)
-    tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.1))
+    tx = _imitation_adam(lr, steps)
     opt_state = tx.init(meta)
 
-    collect = jax.jit(lambda k: demonstrations(family, teacher, k, tasks))
-    collect_student = jax.jit(lambda k, m: demonstrations(family, teacher, k, tasks, student=(lopt, m)))
+    collect, collect_student = _collector(family, teacher, tasks, None), _collector(family, teacher, tasks, lopt)
     # One preallocated buffer of (1 + dagger) rounds (unfilled rounds weighted 0): one compilation of the fit.
-    first = collect(jax.random.fold_in(k_data, 0))
+    first = collect(jax.random.fold_in(k_data, 0), None)
     buffer = jax.tree.map(lambda x: jnp.concatenate([x] * (dagger + 1)), first)
     buffer = buffer._replace(weight=jnp.concatenate([first.weight] + [jnp.zeros_like(first.weight)] * dagger))
     mask = element_mask(family, jax.tree.map(lambda x: x[0, 0], first.params), frozen_in_loss)
     per_round = [steps // (dagger + 1) + (1 if r < steps % (dagger + 1) else 0) for r in range(dagger + 1)]
-    fits = {}
     losses = []
     for r in range(dagger + 1):
         if r > 0:
             new = collect_student(jax.random.fold_in(k_data, r), meta)
             lo = r * tasks
             buffer = jax.tree.map(lambda b, n: b.at[lo:lo + tasks].set(n), buffer, new)
-        if per_round[r] not in fits:
-            fits[per_round[r]] = _fit(lopt, tx, per_round[r], batch, mask)
-        meta, opt_state, loss = fits[per_round[r]](meta, opt_state, buffer, jax.random.fold_in(k_fit, r))
+        fit = _fit(lopt, tx, per_round[r], batch)
+        meta, opt_state, loss = fit(meta, opt_state, buffer, jax.random.fold_in(k_fit, r), mask)
         losses.append(float(jnp.mean(loss[-max(1, len(loss) // 10):])))
     if log is not None:
         log.append(DistillLog(name, lopt.kind, losses, dagger + 1, tasks, steps))
@@ -255,6 +280,5 @@ def held_out_error(teacher: Optimizer, family: TaskFamily, lopt: LearnedOptimize
     training's), driven by the teacher or (``driver="student"``) by the student."""
     if driver not in ("teacher", "student"):
         raise ValueError(f"driver must be 'teacher' or 'student', got {driver!r}")
-    student = (lopt, meta) if driver == "student" else None
-    demos = jax.jit(lambda k: demonstrations(family, teacher, k, tasks, student=student))(key)
+    demos = _collector(family, teacher, tasks, lopt if driver == "student" else None)(key, meta)
     return imitation_error(lopt, meta, demos, family)

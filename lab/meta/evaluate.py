@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,11 +25,17 @@ def final_excess_base(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     def one(k):
         k_start, k_run = jax.random.split(k)
         state = rollout.start(family, optimizer, k_start)
-        final, _ = rollout.unroll(family, optimizer, state, k_run, horizon, keep=lambda r: None)
+        final, _ = rollout.unroll(family, optimizer, state, k_run, horizon, keep=lambda s, r: None)
         excess = family.base_value(final.params, final.task) - final.floor
         return jnp.where(jnp.isfinite(excess), excess, jnp.inf)
 
     return jax.vmap(one)(jax.random.split(key, tasks))
+
+
+@functools.lru_cache(maxsize=None)
+def _final_excess_fn(family: TaskFamily, optimizer: Optimizer, tasks: int, horizon: int | None):
+    """``final_excess_base`` jitted once per (family, optimizer, tasks, horizon): ``key -> (tasks,)``."""
+    return jax.jit(lambda key: final_excess_base(family, optimizer, key, tasks, horizon))
 
 
 def adam_lr_grid(points: int = 11) -> np.ndarray:
@@ -34,14 +43,18 @@ def adam_lr_grid(points: int = 11) -> np.ndarray:
     return np.logspace(-4, 1, points)
 
 
-def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = None, make=None):
-    """A jitted ``key -> mean final excess base of Adam at each learning rate in lrs`` (one compile, reused
-    for tuning on some tasks and testing on others). ``make(lr) -> Optimizer`` replaces Adam on the observed
-    gradient by another rule."""
-    lrs = jnp.asarray(lrs, jnp.float32)
-    make = (lambda lr: from_optax(optax.adam(lr))) if make is None else make
+def adam(learning_rate) -> Optimizer:
+    """Adam on the observed gradient at ``learning_rate`` (a float or a traced scalar): the default rule of
+    ``adam_grid_means``, a module-level function so that its compilations are cached across calls."""
+    return from_optax(optax.adam(learning_rate))
 
-    def means(key):
+
+@functools.lru_cache(maxsize=None)
+def _grid_fn(family: TaskFamily, tasks: int, horizon: int | None, make: Callable[[jax.Array], Optimizer]):
+    """A jitted ``(key, lrs) -> mean final excess base per learning rate``, built once per (family, tasks,
+    horizon, make): the rates are a traced argument, so every grid of the same size shares one compilation."""
+
+    def means(key, lrs):
         def mean_for(lr):
             return jnp.mean(final_excess_base(family, make(lr), key, tasks, horizon))
 
@@ -49,6 +62,16 @@ def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = N
         return jnp.where(jnp.isfinite(out), out, jnp.inf)
 
     return jax.jit(means)
+
+
+def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = None, make=None):
+    """``key -> mean final excess base of Adam at each learning rate in lrs``, compiled once per (family,
+    tasks, horizon, make) and reused for tuning on some tasks and testing on others. ``make(lr) -> Optimizer``
+    (traced ``lr``) replaces Adam on the observed gradient by another rule; pass the same function object
+    each time (a module-level or cached one) to reuse its compilation."""
+    lrs = jnp.asarray(lrs, jnp.float32)
+    fn = _grid_fn(family, tasks, horizon, adam if make is None else make)
+    return lambda key: fn(key, lrs)
 
 
 def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon: int | None = None, make=None):
@@ -72,7 +95,7 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     grid = adam_grid_means(family, tasks, lrs)
     best = int(np.argmin(np.asarray(grid(k_tune))))
     adam_lr, adam_base = float(lrs[best]), float(grid(k_test)[best])
-    lopt_base = float(jnp.mean(jax.jit(lambda k: final_excess_base(family, optimizer, k, tasks))(k_test)))
+    lopt_base = float(jnp.mean(_final_excess_fn(family, optimizer, tasks, None)(k_test)))
     ratio = lopt_base / adam_base if adam_base > 0 else float("inf")
     # JSON has no infinity: a diverged evaluation is reported as null.
     finite = lambda x: x if np.isfinite(x) else None  # noqa: E731

@@ -1,94 +1,39 @@
-"""Run folders: ``config.json``, ``metrics.jsonl``, ``checkpoints/`` (orbax) and ``summary.json``.
-
-A run folder is never mixed with another run and never half-written: configs and summaries are written to a
-temporary file and renamed, orbax commits checkpoints atomically, and every check on the user's input happens
-before anything in the folder is touched.
-"""
+"""Meta-training into a run folder (``lab.runs``: ``config.json``, ``metrics.jsonl``, ``checkpoints/``,
+``summary.json``), resumable bit for bit, and loading a run's meta-parameters back."""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from lab.io import write_json_atomic, write_text_atomic
+from lab import runs
+from lab.io import write_json_atomic
 from lab.meta.evaluate import compare_with_adam
 from lab.meta.train import MetaConfig, MetaState, build, distribute, init_state, make_meta_step, meta_params_sha256
+from lab.runs import RunError  # noqa: F401  (callers catch it from here)
 
 # Fields that may differ when a run is resumed: they do not change the trajectory of the meta-parameters.
 RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every", "eval_tasks")
 
 
-class RunError(Exception):
-    """A problem with the user's request, reported as one line."""
-
-
-def _config_mismatch(saved: dict, config: MetaConfig) -> list[str]:
-    new = config.to_json()
-    keys = sorted(set(saved) | set(new))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and saved.get(k) != new.get(k)]
-
-
-def _checkpoints(out: Path) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager((out / "checkpoints").absolute(), options=options)
-
-
 def prepare(config: MetaConfig, out: Path, resume: bool) -> None:
     """Checks the request against the folder; raises ``RunError`` before touching anything."""
-    try:
-        config.validate()
-    except ValueError as e:
-        raise RunError(str(e)) from None
-    if out.exists() and not out.is_dir():
-        raise RunError(f"out folder {out} exists and is not a folder")
-    existing = out.is_dir() and any(out.iterdir())
-    if existing and not resume:
-        raise RunError(f"out folder {out} is not empty; pass --resume to continue that run or choose another folder")
-    if existing and resume:
-        saved_path = out / "config.json"
-        if not saved_path.is_file():
-            raise RunError(f"cannot resume: {out} holds no config.json of a training run")
-        try:
-            saved = json.loads(saved_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise RunError(f"cannot resume: {saved_path} is unreadable ({e})") from None
-        differ = _config_mismatch(saved, config)
-        if differ:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} in the run, {config.to_json().get(k)!r} now" for k in differ)
-            raise RunError(f"cannot resume {out}: its checkpoint has a different config ({detail})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise RunError(f"cannot write out folder {out}: {e.strerror or e}") from None
+    runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES)
 
 
-def _restore(config: MetaConfig, out: Path, manager: ocp.CheckpointManager) -> MetaState:
-    template = init_state(config)
-    step = manager.latest_step()
-    if step is None:
-        return template
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template), config=ocp.args.JsonRestore()))
-    differ = _config_mismatch(restored["config"], config)
-    if differ:
-        raise RunError(f"cannot resume {out}: checkpoint {step} has a different config ({', '.join(differ)})")
-    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored["state"]))
+def _restore(config: MetaConfig, out: Path, manager) -> MetaState:
+    return runs.restore(manager, init_state(config), config.to_json(), out, RESUMABLE_CHANGES)
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """Drops metric lines written after the checkpoint we resume from (they will be written again)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+def eval_key(config: MetaConfig) -> jax.Array:
+    """The key of a run's final evaluation against tuned Adam, derived from the run's seed in this one place:
+    stream 1 of ``key(seed)`` (``fold_in``), apart from the three keys meta-training splits from it
+    (``lab.meta.train.init_state``): the held-out tasks come from a stream of their own."""
+    return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
 def train(config: MetaConfig, out: Path | str, resume: bool = False,
@@ -99,11 +44,11 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
     out = Path(out)
     prepare(config, out, resume)
     write_json_atomic(out / "config.json", config.to_json())
-    manager = _checkpoints(out)
+    manager = runs.checkpoints(out)
     state = _restore(config, out, manager)
     start = int(state.step)
     metrics_path = out / "metrics.jsonl"
-    _trim_metrics(metrics_path, start)
+    runs.trim_metrics(metrics_path, start)
 
     state = distribute(state, config)
     meta_step = jax.jit(make_meta_step(config))
@@ -115,8 +60,7 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
             log.write(json.dumps(record) + "\n")
             log.flush()
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.meta_steps:
-                manager.save(step + 1, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_json())))
+                runs.save(manager, step + 1, state, config.to_json())
             if on_step is not None:
                 on_step(step + 1, record)
     manager.wait_until_finished()
@@ -125,8 +69,9 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
     lopt, _, _ = build(config)
     meta = jax.device_get(state.meta)
     evaluation = compare_with_adam(config.family_obj(), lopt.optimizer(meta),
-                                   jax.random.fold_in(jax.random.key(config.seed), 1), config.eval_tasks)
-    last = _last_metrics(metrics_path)
+                                   eval_key(config), config.eval_tasks)
+    metrics = runs.read_metrics(metrics_path)
+    last = metrics[-1] if metrics else {}
     summary = {
         "family": config.family, "optimizer": config.optimizer, "estimator": config.estimator,
         "meta_steps": config.meta_steps, "seed": config.seed,
@@ -137,16 +82,11 @@ def train(config: MetaConfig, out: Path | str, resume: bool = False,
     return summary
 
 
-def _last_metrics(path: Path) -> dict:
-    lines = [line for line in path.read_text().splitlines() if line]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def load_meta(out: Path | str):
     """The config and final meta-parameters of a finished or checkpointed run folder."""
     out = Path(out)
-    config = MetaConfig.from_json(json.loads((out / "config.json").read_text()))
-    manager = _checkpoints(out)
+    config = MetaConfig.from_json(runs.read_config(out))
+    manager = runs.checkpoints(out)
     state = _restore(config, out, manager)
     manager.close()
     return config, jax.tree.map(np.asarray, state.meta)

@@ -1,4 +1,4 @@
-"""Truncated unrolls with per-task resets and random start offsets (DESIGN 2.3).
+"""Truncated unrolls with per-task resets and random start offsets (README, "Meta-training").
 
 A ``Truncation`` is what every gradient estimator sees: for ONE task, ``init(key)`` gives a starting inner
 state and ``unroll(meta, state, key)`` runs ``length`` inner steps, returning the per-step meta-loss, the new
@@ -45,18 +45,11 @@ def make_truncation(family: TaskFamily, lopt: LearnedOptimizer, length: int, los
         return state._replace(step=jax.random.randint(k_offset, [], 0, horizon, jnp.int32))
 
     def unroll(meta, state, key):
-        opt = lopt.optimizer(meta)
+        def loss(s, record):
+            return rollout.log_excess_ratio(s, record.quantities[family.base], loss_clip, loss_floor)
 
-        def body(s, k):
-            k_reset, k_step = jax.random.split(k)
-            reset = s.step >= horizon
-            fresh = rollout.start(family, opt, k_reset)
-            s = jax.tree.map(lambda f, o: jnp.where(reset, f, o), fresh, s)
-            s, record = rollout.step(family, opt, s, k_step)
-            return s, (rollout.log_excess_ratio(s, record.quantities[family.base], loss_clip, loss_floor), reset)
-
-        body = jax.checkpoint(body) if remat else body
-        state, (losses, resets) = jax.lax.scan(body, state, jax.random.split(key, length))
+        state, (losses, resets) = rollout.unroll(family, lopt.optimizer(meta), state, key, length, loss,
+                                                 restart_after=horizon, remat=remat)
         return losses, state, resets
 
     return Truncation(init, unroll, length)

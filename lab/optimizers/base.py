@@ -1,4 +1,4 @@
-"""One protocol for every optimizer the lab audits, learned or hand-written (DESIGN 2.2).
+"""One protocol for every optimizer the lab audits, learned or hand-written (README, "Optimizers").
 
 Close to optax's ``GradientTransformation`` (a pair of pure functions), with two differences: ``update``
 reads a whole ``Observation`` (gradient channels, loss, cues) instead of one gradient, and it returns named

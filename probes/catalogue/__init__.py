@@ -10,4 +10,4 @@
   the fixed point, shifts against the best learner of its class, linear probes on the residual stream).
 """
 
-from probes.catalogue import competence, field, inverse, representation, shifts  # noqa: F401
+from probes.catalogue import competence, field, incontext, inverse, representation, shifts  # noqa: F401

@@ -1,22 +1,23 @@
-"""The competence gate (probing_methods.md P1): does the optimizer reduce the base, or any candidate, in the
-training distribution, and how does it compare with a reference that descends the base exactly (Adam with
-a tuned learning rate on the base's exact gradient)?"""
+"""The competence gate (README, "Auditing an optimizer"): does the optimizer reduce the base, or any
+candidate, in the training distribution, and how does it compare with a reference that descends the base
+exactly (Adam with a tuned learning rate on the base's exact gradient)?"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lab.meta.evaluate import tune_adam
 from lab.optimizers.handwritten import descend
+from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
-
-# A quantity counts as reduced when it falls by this share of its start-to-floor gap on this share of tasks.
-MIN_REDUCTION = 0.05
-MIN_CONSISTENCY = 0.9
+from probes.trace import Parametric
+# A quantity counts as reduced when it falls by MIN_REDUCTION of its start-to-floor gap on MIN_CONSISTENCY of tasks.
+from probes.thresholds import DIVERGED, MIN_CONSISTENCY, MIN_REDUCTION
 
 
 def relative_change(values: np.ndarray, floor: float | np.ndarray = 0.0) -> np.ndarray:
@@ -26,13 +27,20 @@ def relative_change(values: np.ndarray, floor: float | np.ndarray = 0.0) -> np.n
     return np.where(np.isfinite(change), change, np.inf)
 
 
-def reference_optimizer(subject: Subject):
-    """Adam on the exact gradient of the base, learning rate tuned on other tasks (cached on the subject)."""
+@functools.lru_cache(maxsize=None)
+def exact_adam(quantity: str):
+    """``lr -> Adam on the exact gradient of quantity``: one function object per quantity, so the tuning grid
+    and the reference rollouts (``lr`` traced) compile once per family, whatever learning rate is chosen."""
+    return lambda lr: descend(quantity, optax.adam(lr))
+
+
+def reference_optimizer(subject: Subject) -> tuple[Parametric, float]:
+    """Adam on the exact gradient of the base, learning rate tuned on the subject's ``reference`` stream of
+    tasks (cached on the subject): ``(Parametric(make, lr), lr)`` for ``subject.trace(optimizer=...)``."""
     if "reference" not in subject._traces:
-        fam = subject.family
-        make = lambda lr: descend(fam.base, optax.adam(lr))  # noqa: E731
-        lr, _ = tune_adam(fam, jax.random.fold_in(subject.key, 7), subject.tasks, make=make)
-        subject._traces["reference"] = (make(lr), lr)
+        make = exact_adam(subject.family.base)
+        lr, _ = tune_adam(subject.family, subject.stream("reference"), subject.tasks, make=make)
+        subject._traces["reference"] = (Parametric(make, jnp.float32(lr)), lr)
     return subject._traces["reference"]
 
 
@@ -46,6 +54,11 @@ class CompetenceReport(Report):
     base_reduced: bool                # the base is reduced consistently
     diverged: float                   # share of tasks whose base ends non-finite or above 10× its start
     competence: float                 # base change / reference base change (1: as good as the reference)
+
+    def summary(self, base: str) -> str:
+        return (f"base change {fmt(self.change.get(base))} (reference {fmt(self.reference_change)}), competence "
+                f"{fmt(self.competence)}, diverged {fmt(self.diverged)}; optimizing {fmt(self.optimizing)}, base "
+                f"reduced {fmt(self.base_reduced)}")
 
 
 @register_probe("competence")
@@ -61,7 +74,7 @@ def competence(subject: Subject) -> CompetenceReport:
     ref_change = float(np.median(relative_change(ref.base)))
     base = subject.family.base
     end, start = trace.base[:, -1], trace.base[:, 0]
-    diverged = float(np.mean(~np.isfinite(end) | (np.abs(end) > 10 * np.abs(start) + 1e-12)))
+    diverged = float(np.mean(~np.isfinite(end) | (np.abs(end) > DIVERGED * np.abs(start) + 1e-12)))
     return CompetenceReport(
         change=change, consistency=consistency, reference_change=ref_change, reference_lr=lr,
         optimizing=any(c >= MIN_CONSISTENCY for c in consistency.values()),

@@ -1,5 +1,5 @@
-"""Conservativeness of the update field (probing_methods.md P4): is the optimizer's step, as a function of θ,
-the gradient field of *some* potential?
+"""Conservativeness of the update field (README, "Auditing an optimizer", ``curl``): is the optimizer's
+step, as a function of θ, the gradient field of *some* potential?
 
 At recorded iterates θ of the training trace (a subsample of tasks and steps) the optimizer state is rebuilt
 fresh (``opt.init(θ)``) and the observation recomputed at θ with a fixed key, so the update is a function
@@ -9,7 +9,7 @@ statistic is the asymmetry index
 
     A(θ) = ‖J − Jᵀ‖_F / (‖J + Jᵀ‖_F + ‖J − Jᵀ‖_F)  ∈ [0, 1]
 
-(probing_methods.md's bounded form; ``A / (1 − A)`` is the plain ratio ‖J − Jᵀ‖_F / ‖J + Jᵀ‖_F). It is 0
+(bounded; ``A / (1 − A)`` is the plain ratio ‖J − Jᵀ‖_F / ‖J + Jᵀ‖_F). It is 0
 for gradient descent on any quantity, ½ when the symmetric and antisymmetric parts are equally strong and 1
 for a pure rotation. ``J`` is exact (``jax.jacfwd``) up to ``max_dim`` movable elements, above that a
 Hutchinson estimate: for v, w ~ N(0, I), ``E[(wᵀJv − vᵀJw)²] = ‖J − Jᵀ‖²_F`` and likewise for the sum,
@@ -41,6 +41,7 @@ potential itself (a fit of the update onto the candidates' gradients) is ``probe
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -50,15 +51,15 @@ from lab import rollout
 from lab.families.base import TaskFamily
 from lab.optimizers import handwritten
 from lab.optimizers.base import Optimizer
+from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
+from probes.thresholds import CONSERVATIVE, VANISH  # a gradient field; a vanishing autodiff Jacobian
 from probes.trace import Trace
 
-CONSERVATIVE = 1e-3        # a median asymmetry index below this: a gradient field
 MAX_DIM = 64               # exact Jacobian up to this many movable elements, Hutchinson above
 HUTCHINSON = 64            # probe-vector pairs per point for the Hutchinson estimate
 STEIN = 2048               # antithetic perturbation pairs per point for the smoothed Jacobian
 SMOOTHING = 0.25           # σ = SMOOTHING × RMS per-coordinate spread of the sampled iterates
-VANISH = 1e-3              # ‖J‖·σ ≤ VANISH·‖F‖: the autodiff Jacobian vanishes at that point
 REFERENCES = {             # name -> optimizer descending the base without being a gradient field
     "adam": lambda: handwritten.adam(0.1),
     "sign_sgd": lambda: handwritten.sign_sgd(0.05),
@@ -115,18 +116,26 @@ def _autodiff(F, z0, key, max_dim, samples):
     return jnp.mean(anti), jnp.mean(sym), jnp.mean(jj), jnp.linalg.norm(f0)
 
 
-def _smoothed(F, z0, key, sigma, samples, max_dim):
-    """Cross-fitted (‖J_σ − J_σᵀ‖², ‖J_σ + J_σᵀ‖²) of the Gaussian-smoothed field by Stein's identity."""
+def _stein_scales(sigma: float, samples: int) -> jax.Array:
+    """(σ, c, c²) with c = 1 / (2σ · samples/2), computed in double precision and passed to the compiled
+    estimator as float32 values: traced (one compilation for every σ) and rounded as constants would be."""
+    c = 1.0 / (2.0 * sigma * (samples // 2))
+    return jnp.asarray([sigma, c, c**2], jnp.float32)
+
+
+def _smoothed(F, z0, key, scales, samples, max_dim):
+    """Cross-fitted (‖J_σ − J_σᵀ‖², ‖J_σ + J_σᵀ‖²) of the Gaussian-smoothed field by Stein's identity;
+    ``scales`` from ``_stein_scales``."""
     half = samples // 2
+    sigma, c, c2 = scales[0], scales[1], scales[2]
     eps = jax.random.normal(key, (2, half, z0.size), z0.dtype)
     diff = jax.vmap(jax.vmap(lambda e: F(z0 + sigma * e) - F(z0 - sigma * e)))(eps)   # (2, half, P)
-    c = 1.0 / (2.0 * sigma * half)
     if z0.size <= max_dim:
         j1, j2 = c * diff[0].T @ eps[0], c * diff[1].T @ eps[1]                      # rows: outputs
         inner, cross = jnp.sum(j1 * j2), jnp.sum(j1 * j2.T)
     else:  # ⟨J1, J2⟩ and ⟨J1, J2ᵀ⟩ from Gram matrices, never forming a P×P matrix
-        inner = c**2 * jnp.sum((diff[0] @ diff[1].T) * (eps[0] @ eps[1].T))
-        cross = c**2 * jnp.sum((diff[0] @ eps[1].T) * (eps[0] @ diff[1].T))
+        inner = c2 * jnp.sum((diff[0] @ diff[1].T) * (eps[0] @ eps[1].T))
+        cross = c2 * jnp.sum((diff[0] @ eps[1].T) * (eps[0] @ diff[1].T))
     return 2.0 * (inner - cross), 2.0 * (inner + cross)
 
 
@@ -176,23 +185,46 @@ def asymmetry(family: TaskFamily, optimizer: Optimizer, params: dict, task, key:
     params = jax.tree.map(jnp.asarray, params)
     task = jax.tree.map(jnp.asarray, task)
 
-    def exact(p, t, ko, kh):
-        F, z0 = update_field(family, optimizer, p, t, ko)
-        return _autodiff(F, z0, kh, max_dim, hutchinson)
-
-    anti, sym, jj, fn = map(np.asarray, jax.jit(jax.vmap(exact))(params, task, keys[0], keys[1]))
+    anti, sym, jj, fn = map(np.asarray, _autodiff_fn(family, optimizer, max_dim, hutchinson)(
+        params, task, keys[0], keys[1]))
     index = np.array(_index(anti, sym))
     vanish = np.sqrt(jj) * sigma <= vanish_tol * np.maximum(fn, 1e-30)
     if vanish.any():
-        def smooth(p, t, ko, ks):
-            F, z0 = update_field(family, optimizer, p, t, ko)
-            return _index(*_smoothed(F, z0, ks, sigma, stein, max_dim))
-
-        sel = np.nonzero(vanish)[0]
-        pick = lambda tree: jax.tree.map(lambda x: x[sel], tree)  # noqa: E731
-        run = jax.jit(lambda args: jax.lax.map(lambda a: smooth(*a), args))  # sequential: K×P per point
-        index[sel] = np.asarray(run((pick(params), pick(task), keys[0][sel], keys[2][sel])))
+        run = _smoothed_fn(family, optimizer, stein, max_dim)
+        smoothed = np.asarray(run((params, task, keys[0], keys[2], jnp.asarray(vanish)), _stein_scales(sigma, stein)))
+        index[vanish] = smoothed[vanish]
     return index, vanish
+
+
+@functools.lru_cache(maxsize=None)
+def _autodiff_fn(family: TaskFamily, optimizer: Optimizer, max_dim: int, samples: int):
+    """``_autodiff`` of the update field at every point (``vmap``), jitted once per (family, optimizer,
+    settings)."""
+
+    def exact(p, t, ko, kh):
+        F, z0 = update_field(family, optimizer, p, t, ko)
+        return _autodiff(F, z0, kh, max_dim, samples)
+
+    return jax.jit(jax.vmap(exact))
+
+
+@functools.lru_cache(maxsize=None)
+def _smoothed_fn(family: TaskFamily, optimizer: Optimizer, samples: int, max_dim: int):
+    """``((θ, task, observation key, Stein key, vanishing) per point, scales) -> smoothed index`` at the
+    points flagged vanishing (NaN at the others), jitted once per (family, optimizer, settings): the flags and
+    σ are traced, so any number of vanishing points runs the same program. Sequential over points
+    (``lax.map``, each holds samples × P perturbed fields), and ``lax.cond`` skips the unflagged ones."""
+
+    def smooth(p, t, ko, ks, scales):
+        F, z0 = update_field(family, optimizer, p, t, ko)
+        return _index(*_smoothed(F, z0, ks, scales, samples, max_dim))
+
+    def at(point, scales):
+        p, t, ko, ks, vanishing = point
+        return jax.lax.cond(vanishing, lambda: smooth(p, t, ko, ks, scales).astype(jnp.float32),
+                            lambda: jnp.full((), jnp.nan, jnp.float32))
+
+    return jax.jit(lambda points, scales: jax.lax.map(lambda point: at(point, scales), points))
 
 
 def field_stats(index: np.ndarray, vanish: np.ndarray) -> FieldStats:
@@ -218,18 +250,31 @@ class CurlReport(Report):
     sigma: float                      # smoothing scale used where the autodiff Jacobian vanished
     method: str                       # "exact" or "hutchinson" (the autodiff Jacobian), "+smoothed" if used
 
+    def summary(self, base: str) -> str:
+        lo, hi = self.band
+        return (f"median asymmetry {fmt(self.subject.median)} (references' band {fmt(lo)} to {fmt(hi)}, z "
+                f"{fmt(self.z)}); conservative {fmt(self.conservative)}, within the reference band "
+                f"{fmt(self.within_reference_band)} ({self.method})")
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str) -> Optimizer:
+    """The reference ``REFERENCES[name]``, built once: the same object on every call, so its compiled rollouts
+    and fields are reused by every subject."""
+    return REFERENCES[name]()
+
 
 def curl_report(subject: Subject, tasks: int = 8, steps: int = 6, references: dict | None = None,
                 threshold: float = CONSERVATIVE, **kw) -> CurlReport:
     """The curl probe with its settings: ``tasks``/``steps`` sampled from the training trace, ``references``
     (name -> optimizer; default ``REFERENCES``), ``kw`` passed to ``asymmetry`` (``smoothing`` sets σ)."""
     smoothing = kw.pop("smoothing", SMOOTHING)
-    refs = {n: f() for n, f in REFERENCES.items()} if references is None else references
+    refs = {n: _reference(n) for n in REFERENCES} if references is None else references
     fam = subject.family
     trace = subject.trace()
     params, task, _ = sample_points(trace, tasks, steps)
     sigma = smoothing * spread(trace.family, params)
-    key = jax.random.fold_in(subject.key, 4)
+    key = subject.stream("curl")
     index, vanish = asymmetry(trace.family, subject.optimizer, params, task, key, sigma, **kw)
     stats = field_stats(index, vanish)
     ref_stats, pooled = {}, []

@@ -1,31 +1,36 @@
-"""Probes for in-context mesa-optimizers: which inner objective does a sequence model meta-trained on regression
-tasks pursue when it fits a new task from its context, and how does it relate to the base (the query error)?
+"""Probes of in-context learners: which inner objective does a sequence model meta-trained on regression tasks
+pursue when it fits a new task from its context, and how does it relate to the base (the query error)?
 
+They run on an ordinary ``probes.subject.Subject`` whose family is the in-context family
+(``lab.families.incontext``) and whose optimizer is the learner (``lab.incontext.learner``: one layer, or one
+loop, per step on the implied weights ŵ = ∂ŷ/∂x_q), so the general probes run on the same subject beside them.
 The check against a published result is von Oswald et al. 2022, "Transformers learn in-context by gradient
 descent" (ICML 2023): a trained single linear self-attention layer is one GD step with the optimal step size,
-and looped layers are GD++. Their alignment metrics compare a model with a reference learner on the same tasks:
+and looped layers are GD++. Their alignment metrics compare a learner with a reference on the same tasks:
 
 - ``preds_diff``: RMS over tasks of ``ŷ_model − ŷ_ref``;
-- ``model_cos`` / ``model_diff``: the mean cosine and mean L2 distance between the model's sensitivity
-  ``∂ŷ/∂x_q`` (its *implied weights*) and the reference's weights.
+- ``model_cos`` / ``model_diff``: the mean cosine and mean L2 distance between the model's implied weights
+  (its end point, θ_T) and the reference's weights.
 
-Registered probes (``probes.subject.register_probe``), each a function of an ``ICLSubject``:
+Registered probes (the in-context family lists them in ``probes``, so every audit of an in-context learner runs
+them):
 
 - ``icl_alignment``: the metrics above against every reference (``lab.incontext.references``), on every
   shift, with each learner's query loss; the closest reference per shift.
 - ``icl_implied``: the implied parameters of the parametric references fitted to the model's predictions: step
   size η (one GD step), (η, γ) of GD++, ridge λ, beside their optima and σ²/τ².
-- ``icl_fixed_point``: the model applied repeatedly to its own residuals, ``w ← w + α ∂ŷ/∂x_q`` on the context
-  ``(x_i, y_i − w·x_i)``; the fixed point against each candidate's argmin (a learner's fixed point is the
-  objective it would reach with unlimited steps, which separates "one step on least squares" from "ridge").
+- ``icl_fixed_point``: the learner applied repeatedly to its own residuals, ``w ← w + α ŵ(x, y − Xw)``; the fixed
+  point against each candidate's argmin (a learner's fixed point is the objective it would reach with unlimited
+  steps, which separates "one step on least squares" from "ridge").
 - ``icl_shifts``: the base on every shift against the best learner the architecture can express (re-optimised
   on the shift) and the Bayes-optimal one; whether the model loses there.
-- ``icl_linear_probe``: ridge probes (grouped by task) on the residual stream for the references' intermediate
-  quantities (the GD / GD++ prediction after each step, the context residuals), with controls: the input
-  tokens, the untrained network and shuffled targets (Hewitt and Liang 2019).
+- ``icl_linear_probe``: ridge probes (grouped by task) on the residual stream (the learner's captures) for the
+  references' intermediate quantities, with controls: the input tokens, the untrained network
+  (``Subject.untrained``) and shuffled targets (Hewitt and Liang 2019).
 
-``icl_verdict`` combines them into a ``probes.verdict.Verdict`` (classes of Hubinger et al. 2019), and
-``run_suite`` trains, audits and renders the small suite that ``scripts/icl.py`` and the scenario zoo use.
+The in-context class rule (``in_context_rule``, registered for the family with ``register_rule``) is the one
+place the verdict needs knowledge only this family has: the closed-form Bayes-optimal learner and which
+references pursue a proxy.
 """
 
 from __future__ import annotations
@@ -34,118 +39,63 @@ import dataclasses
 import functools
 import html
 import math
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
-from matplotlib.figure import Figure
 
-from lab.incontext import models as icl_models
+from lab import rollout
+from lab.families.incontext import ICLFamily, tokens
 from lab.incontext import references as icl_refs
-from lab.incontext.family import ICLFamily, tokens
-from lab.incontext.models import ModelSpec
-from lab.incontext.train import TrainConfig, meta_train
-from probes.subject import Report, register_probe, to_json
-from probes.report import LABEL_COLOURS, _png, fmt
+from lab.incontext.learner import STREAM
+from lab.optimizers.base import Optimizer
 from probes.catalogue.representation import ridge_cv
-from probes.verdict import Verdict
+from probes.report import draw
+from probes.subject import Panel, Report, Subject, register_probe, register_rule
+from probes.thresholds import (ICL_COMPETENT as COMPETENT, ICL_LOSES as LOSES, ICL_MATCHED_COS as MATCHED_COS,
+                               ICL_REPRESENTED_GAP, ICL_REPRESENTED_R2, ICL_ROBUST_COS as ROBUST_COS,
+                               ICL_ROBUST_EXCESS as ROBUST_EXCESS)
 
 PROXIES = ("ls_masked", "pool_posterior")  # quantities that agree with the base only on the training tasks
-LOSES = 1.05             # the model "loses" on a shift: its base above this × the best attainable learner's there
-ROBUST_EXCESS = 0.05     # robust: train base within 5% (+0.002) of the Bayes-optimal predictor's
-ROBUST_COS = 0.99        # ... and implied weights this aligned with a base-aligned reference on every shift
-MATCHED_COS = 0.9        # below this against every reference, the model implements none of them
-COMPETENT = 0.8          # competence gate: train base below this × the zero predictor's
 DAMPING = 0.5            # fixed-point iteration step
 FIXED_POINT_STEPS = 300
 FIT_TASKS = 2000         # tasks the implied-parameter fits use
+PROBE_TASKS = 512        # tasks the fixed point and the linear probes use
 
 
 # -------------------------------------------------------------------------------------------------------
-# The subject of an in-context audit
+# The learner seen through its traces
 # -------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ICLSubject:
-    """A learner under audit: ``predict(task) -> ŷ`` for one task (a trained model, the hand-built control or a
-    planted closed form), the family it was trained on, and the depth its references are built for.
+fmt = draw.fmt
 
-    ``stream`` / ``untrained_stream`` (one task -> list of (N+1, d+1) activations) are needed only by the linear
-    probe. Every evaluation draws the same ``tasks`` task keys from ``key`` on every shift, so shifts are compared
-    on paired draws."""
 
-    name: str
-    predict: Callable[[dict], jax.Array]
-    family: ICLFamily
-    layers: int = 1
-    key: jax.Array = dataclasses.field(default_factory=lambda: jax.random.key(0))
-    tasks: int = 4096
-    stream: Callable | None = None
-    untrained_stream: Callable | None = None
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+def _family(subject: Subject) -> ICLFamily:
+    if not isinstance(subject.family, ICLFamily):
+        raise ValueError("the icl_* probes audit learners on the in-context family (lab.families.incontext)")
+    return subject.family
 
-    @classmethod
-    def from_model(cls, name: str, spec: ModelSpec, graphdef, params, family: ICLFamily, key: jax.Array,
-                   tasks: int = 4096, untrained=None) -> "ICLSubject":
-        """A subject from a Flax model (``untrained``: its initial parameters, for the linear-probe control)."""
-        return cls(name, lambda t: icl_models.apply(graphdef, params, tokens(t)), family, spec.layers, key, tasks,
-                   stream=lambda t: icl_models.stream(graphdef, params, tokens(t)),
-                   untrained_stream=None if untrained is None else
-                   (lambda t: icl_models.stream(graphdef, untrained, tokens(t))))
 
-    def references(self) -> dict[str, icl_refs.Reference]:
-        if "refs" not in self._cache:
-            self._cache["refs"] = icl_refs.reference_set(self.family, self.layers)
-        return self._cache["refs"]
-
-    def batch(self, shift: str = "train") -> dict:
-        if ("batch", shift) not in self._cache:
-            self._cache[("batch", shift)] = self.family.shift(shift).sample_batch(self.key, self.tasks)
-        return self._cache[("batch", shift)]
-
-    def jitted(self, name: str, build: Callable) -> Callable:
-        """One compiled function per subject and ``name``, reused across shifts (same shapes, one compilation)."""
-        if ("jit", name) not in self._cache:
-            self._cache[("jit", name)] = jax.jit(build())
-        return self._cache[("jit", name)]
-
-    def model(self, shift: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """(implied weights (n, d), predictions (n,)) of the subject on ``shift``."""
-        if ("model", shift) not in self._cache:
-            fn = self.jitted("implied", lambda: jax.vmap(implied_one(self.predict)))
-            self._cache[("model", shift)] = tuple(np.asarray(a, np.float64) for a in fn(self.batch(shift)))
-        return self._cache[("model", shift)]
-
-    def reference(self, name: str, shift: str = "train") -> np.ndarray:
-        """Weights (n, d) of reference ``name`` (parameters fixed on the training family) on ``shift``."""
-        if ("ref", name, shift) not in self._cache:
-            # one program per reference: XLA:CPU was seen to hang on one program holding several of the
-            # LAPACK-backed solves at once
-            fn = _batched(self.references()[name].weights)
-            self._cache[("ref", name, shift)] = np.asarray(fn(self.batch(shift)), np.float64)
-        return self._cache[("ref", name, shift)]
+def model_view(subject: Subject, shift: str = "train") -> tuple[dict, np.ndarray, np.ndarray]:
+    """(tasks, implied weights (n, d), predictions (n,)) of the learner on ``shift``: its end point θ_T after
+    the horizon (its layers or loops) on the subject's paired tasks."""
+    trace = subject.trace(shift)
+    w = np.asarray(trace.params["w"][:, -1], np.float64)
+    return trace.tasks, w, np.sum(w * np.asarray(trace.tasks["xq"], np.float64), axis=1)
 
 
 @functools.lru_cache(maxsize=256)
 def _batched(fn: Callable) -> Callable:
-    """``jax.jit(jax.vmap(fn))``, one per function, so subjects of one family share the references' compilations."""
+    """``jax.jit(jax.vmap(fn))``, one per function: subjects of one family share the references' compilations
+    (``reference_set`` is cached per family, so its functions are the same objects)."""
     return jax.jit(jax.vmap(fn))
 
 
-def implied_one(predict: Callable) -> Callable:
-    """``task -> (∂ŷ/∂x_q, ŷ)`` for one task (the implied weights are exact for learners linear in the query)."""
-    def one(t):
-        pred, grad = jax.value_and_grad(lambda xq: predict({**t, "xq": xq}))(t["xq"])
-        return grad, pred
-    return one
-
-
-def implied(predict: Callable, tasks: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(∂ŷ/∂x_q, ŷ) of ``predict`` on every task of a batch."""
-    w, y = jax.jit(jax.vmap(implied_one(predict)))(tasks)
-    return np.asarray(w, np.float64), np.asarray(y, np.float64)
+def reference_weights(family: ICLFamily, name: str, tasks: dict, layers: int) -> np.ndarray:
+    """Weights (n, d) of reference ``name`` (parameters optimal on ``family``) on ``tasks``. One program per
+    reference: XLA:CPU was seen to hang on one program holding several of the LAPACK-backed solves at once."""
+    return np.asarray(_batched(icl_refs.reference_set(family, layers)[name].weights)(tasks), np.float64)
 
 
 def alignment(w_model: np.ndarray, y_model: np.ndarray, w_ref: np.ndarray, xq: np.ndarray) -> dict[str, float]:
@@ -161,8 +111,8 @@ def base_loss(pred: np.ndarray, tasks: dict) -> float:
     return float(np.mean(0.5 * (pred - np.asarray(tasks["yq"], np.float64)) ** 2))
 
 
-def _shifts(family: ICLFamily) -> list[str]:
-    return list(family.shifts())
+def _first(tasks: dict, n: int) -> dict:
+    return jax.tree.map(lambda a: a[:n], tasks)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -182,41 +132,58 @@ class AlignmentReport(Report):
     quantity: dict[str, str]          # name -> the inner objective it pursues
     shifts: dict[str, ShiftAlignment]
 
+    def summary(self, base: str) -> str:
+        train = self.shifts["train"]
+        ref = train.closest
+        lost = [s for s, a in self.shifts.items() if a.closest != ref]
+        return (f"closest in training: {ref} (cosine {fmt(train.metrics[ref]['model_cos'])}, query error "
+                f"{fmt(train.loss)} vs {fmt(train.reference_loss[ref])}); another reference is closest on "
+                f"{', '.join(lost) or 'no shift'}")
 
-def alignment_report(subject: ICLSubject) -> AlignmentReport:
-    refs = subject.references()
+    def figures(self, base: str, pursued: str | None) -> list[Panel]:
+        """Per shift, the model's cosine with every reference and the prediction RMS difference (log), with a
+        legend naming each reference and the inner objective it pursues."""
+        shifts, refs = list(self.shifts), list(self.references)
+        fig = draw.figure(figsize=(11, 3.4))
+        ax_c, ax_p = fig.subplots(1, 2)
+        x, width = np.arange(len(shifts)), 0.8 / max(len(refs), 1)
+        for k, ref in enumerate(refs):
+            cos = [self.shifts[s].metrics[ref]["model_cos"] for s in shifts]
+            diff = [self.shifts[s].metrics[ref]["preds_diff"] for s in shifts]
+            label = f"{ref} ({self.quantity[ref]})"
+            ax_c.bar(x + k * width, draw.finite(cos), width, label=label)
+            ax_p.bar(x + k * width, np.maximum(draw.finite(diff), 1e-12), width, label=label)
+        for ax, title in ((ax_c, "model cosine with each reference"), (ax_p, "prediction RMS difference")):
+            ax.set_xticks(x + 0.4 - width / 2, shifts, fontsize=8)
+            ax.set_title(title, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        ax_p.set_yscale("log")
+        ax_c.legend(fontsize=7, loc="lower left")
+        closest = html.escape(self.shifts["train"].closest)
+        return [Panel("Alignment with the reference learners", draw.png(fig), (
+            "<b>Alignment with the reference learners</b> (von Oswald et al. 2022) on every shift: the cosine of "
+            "the model's implied weights with each reference's, and the RMS difference of their predictions. "
+            f"Closest in training: <b>{closest}</b>."))]
+
+
+@register_probe("icl_alignment")
+def icl_alignment(subject: Subject) -> AlignmentReport:
+    """Alignment metrics of the learner against every reference on every shift."""
+    family = _family(subject)
+    refs = icl_refs.reference_set(family, family.horizon)
     out = {}
-    for shift in _shifts(subject.family):
-        tasks = subject.batch(shift)
+    for shift in family.shifts():
+        tasks, w_m, y_m = model_view(subject, shift)
         xq = np.asarray(tasks["xq"], np.float64)
-        w_m, y_m = subject.model(shift)
         metrics, losses = {}, {}
         for name in refs:
-            w_r = subject.reference(name, shift)
+            w_r = reference_weights(family, name, tasks, family.horizon)
             metrics[name] = alignment(w_m, y_m, w_r, xq)
             losses[name] = base_loss(np.sum(w_r * xq, axis=1), tasks)
         closest = min(metrics, key=lambda n: metrics[n]["preds_diff"])
         out[shift] = ShiftAlignment(base_loss(y_m, tasks), losses, metrics, closest)
     return AlignmentReport({n: r.description for n, r in refs.items()}, {n: r.quantity for n, r in refs.items()},
                            out)
-
-
-@register_probe("icl_alignment")
-def icl_alignment(subject: ICLSubject) -> AlignmentReport:
-    """Alignment metrics of the subject against every reference on every shift."""
-    _check(subject)
-    return _cached(subject, "icl_alignment", alignment_report)
-
-
-def _check(subject) -> None:
-    if not isinstance(subject, ICLSubject):
-        raise ValueError("the icl_* probes audit in-context learners: pass a probes.catalogue.incontext.ICLSubject")
-
-
-def _cached(subject: ICLSubject, name: str, fn: Callable) -> Report:
-    if ("report", name) not in subject._cache:
-        subject._cache[("report", name)] = fn(subject)
-    return subject._cache[("report", name)]
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -235,47 +202,73 @@ class ImpliedReport(Report):
     bayes_lambda: float               # σ²/τ²
     gd1_optimal_lambda: float         # the λ the same fit gives for the optimal one-step GD itself
 
+    def summary(self, base: str) -> str:
+        gdpp = (f"; GD++ η {fmt(self.gdpp['eta'])} γ {fmt(self.gdpp['gamma'])} (optimum "
+                f"{fmt(self.gdpp_optimal['eta'])}, {fmt(self.gdpp_optimal['gamma'])})" if self.gdpp else "")
+        return (f"η {fmt(self.eta)} (optimal one step {fmt(self.eta_optimal)}){gdpp}; ridge λ "
+                f"{fmt(self.ridge_lambda)} (Bayes σ²/τ² {fmt(self.bayes_lambda)}, optimal GD step's "
+                f"{fmt(self.gd1_optimal_lambda)})")
 
-def _fit_tasks(subject: ICLSubject) -> tuple[dict, np.ndarray]:
-    n = min(FIT_TASKS, subject.tasks)
-    tasks = jax.tree.map(lambda a: a[:n], subject.batch("train"))
-    return tasks, subject.model("train")[1][:n]
 
-
-def _least_squares(residual: Callable, x0) -> tuple[np.ndarray, float]:
-    """Gauss-Newton fit of a jittable residual function of a parameter vector; (params, RMS residual)."""
-    f = jax.jit(residual)
-    jac = jax.jit(jax.jacfwd(residual))
-    sol = scipy.optimize.least_squares(lambda p: np.asarray(f(jnp.asarray(p, jnp.float32)), np.float64), x0,
-                                       jac=lambda p: np.asarray(jac(jnp.asarray(p, jnp.float32)), np.float64),
-                                       x_scale="jac")
+def _least_squares(residual: Callable, x0, *args) -> tuple[np.ndarray, float]:
+    """Gauss-Newton fit of ``residual(p, *args)`` (jitted once per residual function) over a parameter vector
+    ``p``; (params, RMS residual)."""
+    f, jac = _compiled_residual(residual)
+    sol = scipy.optimize.least_squares(
+        lambda p: np.asarray(f(jnp.asarray(p, jnp.float32), *args), np.float64), x0,
+        jac=lambda p: np.asarray(jac(jnp.asarray(p, jnp.float32), *args), np.float64), x_scale="jac")
     return sol.x, float(np.sqrt(np.mean(sol.fun**2)))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_residual(residual: Callable):
+    return jax.jit(residual), jax.jit(jax.jacfwd(residual))
+
+
+def _gd_residual(steps: int):
+    """``(etas, tasks, y) -> ŷ_GD − y`` for ``steps`` GD steps with their own sizes (one function per depth)."""
+    return _gd_residuals.setdefault(steps, lambda p, tasks, y: jnp.sum(jax.vmap(
+        lambda t: icl_refs.gd_weights(t, tuple(p[i] for i in range(steps))))(tasks) * tasks["xq"], 1) - y)
+
+
+def _gdpp_residual(steps: int):
+    """``((η, γ), tasks, y) -> ŷ_GD++ − y`` over ``steps`` layers (one function per depth)."""
+    return _gdpp_residuals.setdefault(steps, lambda p, tasks, y: jnp.sum(jax.vmap(
+        lambda t: icl_refs.gdpp_weights(t, p[0], p[1], steps))(tasks) * tasks["xq"], 1) - y)
+
+
+_gd_residuals: dict[int, Callable] = {}
+_gdpp_residuals: dict[int, Callable] = {}
+
+
+@jax.jit
+def _ridge_rms(log_lam, tasks: dict, y: jax.Array) -> jax.Array:
+    """RMS distance between predictions ``y`` and ridge at λ = exp(log_lam), over tasks."""
+    x, yy, xq = tasks["x"], tasks["y"], tasks["xq"]
+    lam, d = jnp.exp(log_lam), x.shape[2]
+    w = jax.vmap(lambda a, b: jnp.linalg.solve(a.T @ a + lam * jnp.eye(d), a.T @ b))(x, yy)
+    return jnp.sqrt(jnp.mean((jnp.sum(w * xq, 1) - y) ** 2))
 
 
 def fit_ridge_lambda(tasks: dict, y: np.ndarray) -> tuple[float, float]:
     """(λ, RMS) of the ridge predictor closest to predictions ``y``, over log λ ∈ [−8, 8] (bounded search)."""
-    x, yy, xq = tasks["x"], tasks["y"], tasks["xq"]
+    tasks = {k: jnp.asarray(tasks[k], jnp.float32) for k in ("x", "y", "xq")}
     y = jnp.asarray(y, jnp.float32)
-
-    @jax.jit
-    def rms(log_lam):
-        lam = jnp.exp(log_lam)
-        d = x.shape[2]
-        w = jax.vmap(lambda a, b: jnp.linalg.solve(a.T @ a + lam * jnp.eye(d), a.T @ b))(x, yy)
-        return jnp.sqrt(jnp.mean((jnp.sum(w * xq, 1) - y) ** 2))
-
     grid = np.linspace(-8, 8, 33)
-    vals = [float(rms(g)) for g in grid]
+    vals = [float(_ridge_rms(g, tasks, y)) for g in grid]
     i = int(np.nanargmin(vals))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    sol = scipy.optimize.minimize_scalar(lambda g: float(rms(g)), bounds=(lo, hi), method="bounded",
-                                         options={"xatol": 1e-4})
+    sol = scipy.optimize.minimize_scalar(lambda g: float(_ridge_rms(g, tasks, y)), bounds=(lo, hi),
+                                         method="bounded", options={"xatol": 1e-4})
     return float(np.exp(sol.x)), float(sol.fun)
 
 
-def implied_report(subject: ICLSubject) -> ImpliedReport:
-    fam = subject.family
-    tasks, y = _fit_tasks(subject)
+@register_probe("icl_implied")
+def icl_implied(subject: Subject) -> ImpliedReport:
+    """Implied parameters (η, GD++ (η, γ), ridge λ) fitted to the learner's predictions in training."""
+    fam = _family(subject)
+    tasks, _, y = model_view(subject, "train")
+    tasks, y = {k: jnp.asarray(v) for k, v in _first(tasks, FIT_TASKS).items()}, y[:FIT_TASKS]
     xq = tasks["xq"]
     mask = fam.feature_mask()
     # one GD step: ŷ = η u with u = x_qᵀ (mask ⊙ Xᵀy/N): least squares in closed form
@@ -285,35 +278,23 @@ def implied_report(subject: ICLSubject) -> ImpliedReport:
     eta_rms = float(np.sqrt(np.mean((eta * u - y) ** 2)))
     (eta_opt,), _ = icl_refs.gd_optimum(fam, 1, dim=fam.dim - (fam.masked is not None))
     gd_steps = gdpp = gdpp_opt = None
-    k = subject.layers
+    k = fam.horizon
     if k > 1:
         yj = jnp.asarray(y, jnp.float32)
-        p, _ = _least_squares(lambda p: jnp.sum(jax.vmap(lambda t: icl_refs.gd_weights(t, tuple(p[i] for i in range(k))))(tasks) * xq, 1) - yj,
-                              np.full(k, eta / k))
+        p, _ = _least_squares(_gd_residual(k), np.full(k, eta / k), tasks, yj)
         gd_steps = [float(v) for v in p]
         (e_opt, g_opt), _ = icl_refs.gdpp_optimum(fam, k)
-        # start from the optimum's neighbourhood and from γ = 0, keep the better fit (the fit is not convex)
-        def gdpp_residual(p):
-            return jnp.sum(jax.vmap(lambda t: icl_refs.gdpp_weights(t, p[0], p[1], k))(tasks) * xq, 1) - yj
-
         # start from the optimum; the fit is not convex, so also from γ = 0 when that fit is poor
-        fits = [_least_squares(gdpp_residual, np.array([e_opt, g_opt]))]
+        fits = [_least_squares(_gdpp_residual(k), np.array([e_opt, g_opt]), tasks, yj)]
         if fits[0][1] > 0.05 * float(np.std(y)):
-            fits.append(_least_squares(gdpp_residual, np.array([eta, 0.0])))
+            fits.append(_least_squares(_gdpp_residual(k), np.array([eta, 0.0]), tasks, yj))
         (pe, pg), rms = min(fits, key=lambda f: f[1])
         gdpp, gdpp_opt = {"eta": float(pe), "gamma": float(pg), "rms": rms}, {"eta": e_opt, "gamma": g_opt}
     lam, lam_rms = fit_ridge_lambda(tasks, y)
-    w_gd1 = jax.vmap(lambda t: icl_refs.gd_weights(t, (eta_opt,)))(tasks)
+    w_gd1 = _batched(functools.partial(icl_refs.gd_weights, etas=(eta_opt,)))(tasks)
     lam_gd1, _ = fit_ridge_lambda(tasks, np.asarray(jnp.sum(w_gd1 * xq, 1)))
     return ImpliedReport(eta, eta_rms, float(eta_opt), gd_steps, gdpp, gdpp_opt, lam, lam_rms, fam.bayes_lambda,
                          lam_gd1)
-
-
-@register_probe("icl_implied")
-def icl_implied(subject: ICLSubject) -> ImpliedReport:
-    """Implied parameters (η, GD++ (η, γ), ridge λ) fitted to the subject's predictions in training."""
-    _check(subject)
-    return _cached(subject, "icl_implied", implied_report)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -328,16 +309,33 @@ class FixedPointReport(Report):
     residual: dict[str, float]             # shift -> mean final increment / mean first increment
     converged: dict[str, bool]
 
+    def summary(self, base: str) -> str:
+        return ("fixed point nearest " + ", ".join(f"{fmt(n)} on {s}" for s, n in self.nearest.items())
+                + f"; converged on {sum(self.converged.values())}/{len(self.converged)} shifts")
 
-def fixed_point_run(predict: Callable, damping: float = DAMPING, steps: int = FIXED_POINT_STEPS) -> Callable:
-    """``task -> (w, first increment norm, last increment norm)``: iterates ``w ← w + α ∂ŷ/∂x_q`` where the
-    model reads the context with targets ``y_i − w·x_i``. A step that does not shrink the increment is refused
-    and α halved, so a step size tuned for another input scale cannot make the iteration diverge."""
-    def increment(t, w):
-        ctx = {**t, "y": t["y"] - t["x"] @ w}
-        return jax.grad(lambda xq: predict({**ctx, "xq": xq}))(t["xq"])
 
-    def run(t):
+def learner_weights(family: ICLFamily, optimizer: Optimizer) -> Callable[[dict, jax.Array], jax.Array]:
+    """``(task, key) -> ŵ``: the learner's implied weights after its horizon on one task (its whole forward
+    pass; ``key`` feeds the rollout's draws, which an in-context learner does not use)."""
+    def run(task, key):
+        state = rollout.start(family, optimizer, key, task)
+        return rollout.unroll(family, optimizer, state, key, family.horizon, keep=lambda s, r: ())[0].params["w"]
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def fixed_point_run(family: ICLFamily, optimizer: Optimizer, damping: float = DAMPING,
+                    steps: int = FIXED_POINT_STEPS) -> Callable:
+    """Jitted ``(tasks, key) -> (w, first increment norm, last increment norm)``, one per (family, learner):
+    iterates ``w ← w + α ŵ(x, y − Xw)``, the learner reading the context with targets ``y_i − w·x_i``. A step
+    that does not shrink the increment is refused and α halved, so a step size tuned for another input scale
+    cannot make the iteration diverge."""
+    implied = learner_weights(family, optimizer)
+
+    def run(t, key):
+        def increment(t, w):
+            return implied({**t, "y": t["y"] - t["x"] @ w}, key)
+
         def body(carry, _):
             w, dw, alpha = carry
             w_new = w + alpha * dw
@@ -350,21 +348,27 @@ def fixed_point_run(predict: Callable, damping: float = DAMPING, steps: int = FI
                                         None, length=steps)
         return w, jnp.linalg.norm(dw0), norms[-1]
 
-    return run
+    return jax.jit(jax.vmap(run, in_axes=(0, None)))
 
 
-def fixed_point_report(subject: ICLSubject, tasks_per_shift: int = 512) -> FixedPointReport:
+@functools.lru_cache(maxsize=64)
+def _argmin_fn(family: ICLFamily, name: str) -> Callable:
+    # one program per candidate (see ``reference_weights``)
+    return jax.jit(jax.vmap(lambda t: family.argmins(t)[name]))
+
+
+@register_probe("icl_fixed_point")
+def icl_fixed_point(subject: Subject) -> FixedPointReport:
+    """The fixed point of the learner applied repeatedly to its own residuals, against each candidate's argmin."""
+    family = _family(subject)
     dist, nearest, resid, conv = {}, {}, {}, {}
-    run = subject.jitted("fixed_point", lambda: jax.vmap(fixed_point_run(subject.predict)))
-    names = [n for n in subject.family.candidates() if n != subject.family.base]
-    # one program per candidate (see ICLSubject.reference)
-    argmin_fns = {n: subject.jitted(f"argmin/{n}", lambda n=n: jax.vmap(lambda t: subject.family.argmins(t)[n]))
-                  for n in names}
-    for shift in _shifts(subject.family):
-        tasks = jax.tree.map(lambda a: a[:tasks_per_shift], subject.batch(shift))
-        w, first, last = (np.asarray(a, np.float64) for a in run(tasks))
+    run = fixed_point_run(family, subject.optimizer)
+    names = [n for n in subject.candidates() if n != family.base]
+    for shift in family.shifts():
+        tasks = {k: jnp.asarray(v) for k, v in _first(subject.trace(shift).tasks, PROBE_TASKS).items()}
+        w, first, last = (np.asarray(a, np.float64) for a in run(tasks, subject.key))
         # the candidates are the training family's (the objectives a learner could have picked up there)
-        argmins = {n: fn(tasks) for n, fn in argmin_fns.items()}
+        argmins = {n: _argmin_fn(family, n)(tasks) for n in names}
         x = np.asarray(tasks["x"], np.float64)
         d = {}
         for name, w_star in argmins.items():
@@ -378,13 +382,6 @@ def fixed_point_report(subject: ICLSubject, tasks_per_shift: int = 512) -> Fixed
         ratio = float(np.mean(last) / max(float(np.mean(first)), 1e-30))
         resid[shift], conv[shift] = ratio, bool(math.isfinite(ratio) and ratio < 1e-2)
     return FixedPointReport(DAMPING, FIXED_POINT_STEPS, dist, nearest, resid, conv)
-
-
-@register_probe("icl_fixed_point")
-def icl_fixed_point(subject: ICLSubject) -> FixedPointReport:
-    """The fixed point of the subject applied repeatedly to its own residuals, against each candidate's argmin."""
-    _check(subject)
-    return _cached(subject, "icl_fixed_point", fixed_point_report)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -405,6 +402,13 @@ class ShiftsReport(Report):
     shifts: dict[str, ShiftOutcome]
     decorrelating: list[str]
 
+    def summary(self, base: str) -> str:
+        lost = [s for s, o in self.shifts.items() if o.loses]
+        train = self.shifts["train"]
+        return (f"query error in training {fmt(train.loss)} (best of its class {fmt(train.attainable_loss)}, "
+                f"Bayes-optimal {fmt(train.bayes_loss)}, zero predictor {fmt(train.zero_loss)}); loses on "
+                f"{', '.join(lost) or 'no shift'}")
+
 
 @functools.lru_cache(maxsize=64)
 def _attainable(family: ICLFamily, layers: int) -> dict[str, icl_refs.Reference]:
@@ -423,28 +427,23 @@ def _attainable(family: ICLFamily, layers: int) -> dict[str, icl_refs.Reference]
     return out
 
 
-def shifts_report(subject: ICLSubject) -> ShiftsReport:
+@register_probe("icl_shifts")
+def icl_shifts(subject: Subject) -> ShiftsReport:
+    """The base on every shift against the best learner of the model's class re-optimised there."""
+    family = _family(subject)
     out = {}
-    for shift in _shifts(subject.family):
-        fam = subject.family.shift(shift)
-        tasks = subject.batch(shift)
+    for shift in family.shifts():
+        fam = family.shift(shift)
+        tasks, _, y_m = model_view(subject, shift)
         xq = np.asarray(tasks["xq"], np.float64)
-        _, y_m = subject.model(shift)
         losses = {n: base_loss(np.sum(np.asarray(_batched(r.weights)(tasks)) * xq, 1), tasks)
-                  for n, r in _attainable(fam, subject.layers).items()}
+                  for n, r in _attainable(fam, family.horizon).items()}
         best = min(losses, key=losses.get)
-        w_bayes = np.asarray(jax.jit(jax.vmap(lambda t: icl_refs.ridge_weights(t, fam.bayes_lambda)))(tasks))
+        w_bayes = np.asarray(_batched(functools.partial(icl_refs.ridge_weights, lam=fam.bayes_lambda))(tasks))
         loss = base_loss(y_m, tasks)
         out[shift] = ShiftOutcome(loss, best, losses[best], base_loss(np.sum(w_bayes * xq, 1), tasks),
                                   base_loss(np.zeros_like(y_m), tasks), bool(loss > LOSES * losses[best]))
-    return ShiftsReport(out, list(subject.family.decorrelating()))
-
-
-@register_probe("icl_shifts")
-def icl_shifts(subject: ICLSubject) -> ShiftsReport:
-    """The base on every shift against the best learner of the model's class re-optimised there."""
-    _check(subject)
-    return _cached(subject, "icl_shifts", shifts_report)
+    return ShiftsReport(out, list(family.decorrelating()))
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -461,17 +460,21 @@ class LinearProbeReport(Report):
     inputs: dict[str, float]
     represented: dict[str, list[str]]  # layer -> targets decoded (R² ≥ 0.9, beating every control by ≥ 0.2)
 
+    def summary(self, base: str) -> str:
+        return "; ".join(f"{layer}: {', '.join(names) or 'nothing'} represented"
+                         for layer, names in self.represented.items()) or "no layer"
 
-def _probe_targets(subject: ICLSubject, tasks: dict) -> dict[str, tuple[str, np.ndarray]]:
+
+def _probe_targets(family: ICLFamily, tasks: dict) -> dict[str, tuple[str, np.ndarray]]:
     """name -> (token: "query" or "context", values (n,) or (n, N)): the references' intermediate quantities
     after each step (GD with its optimal shared η; GD++ with its optimal (η, γ) when the model has > 1 layer)."""
-    fam, k = subject.family, max(subject.layers, 1)
+    fam, k = family, family.horizon
     algos = {"gd": (icl_refs.gd_optimum(fam, k, shared=True)[0][0], 0.0)}
     if k > 1:
         algos["gdpp"] = icl_refs.gdpp_optimum(fam, k)[0]
     out = {}
     for algo, (eta, gamma) in algos.items():
-        weights, residuals = jax.jit(jax.vmap(lambda t: icl_refs.gdpp_trace(t, eta, gamma, k)))(tasks)
+        weights, residuals = _batched(functools.partial(icl_refs.gdpp_trace, eta=eta, gamma=gamma, steps=k))(tasks)
         for step in range(k):
             out[f"{algo}_step{step + 1}_prediction"] = ("query", np.asarray(jnp.sum(weights[step] * tasks["xq"], 1)))
             out[f"{algo}_step{step + 1}_residual"] = ("context", np.asarray(residuals[step]))
@@ -493,14 +496,28 @@ def _decode(acts: np.ndarray, target: tuple[str, np.ndarray], shuffle: bool = Fa
     return ridge_cv(x, y, groups)
 
 
-def linear_probe_report(subject: ICLSubject, tasks_n: int = 512) -> LinearProbeReport:
-    if subject.stream is None:
-        raise ValueError("the linear probe needs the subject's activations (ICLSubject.stream)")
-    tasks = jax.tree.map(lambda a: a[:tasks_n], subject.batch("train"))
-    targets = _probe_targets(subject, tasks)
-    acts = [np.asarray(a, np.float64) for a in jax.jit(jax.vmap(subject.stream))(tasks)]
-    base_acts = ([np.asarray(a, np.float64) for a in jax.jit(jax.vmap(subject.untrained_stream))(tasks)]
-                 if subject.untrained_stream is not None else None)
+def _stream(trace, n: int) -> list[np.ndarray]:
+    """The residual stream of the first ``n`` tasks: the input tokens, then after every layer (the captures)."""
+    tasks = _first(trace.tasks, n)
+    acts = [np.asarray(jax.vmap(tokens)(tasks), np.float64)]
+    return acts + [np.asarray(trace.captures[STREAM][:n, step], np.float64) for step in range(trace.steps)]
+
+
+@register_probe("icl_linear_probe")
+def icl_linear_probe(subject: Subject) -> LinearProbeReport:
+    """Linear probes on the residual stream for the references' intermediate quantities, with controls."""
+    family = _family(subject)
+    trace = subject.trace("train", captures=(STREAM,))
+    if STREAM not in trace.captures:
+        raise ValueError(f"the linear probe reads the learner's residual stream (capture {STREAM!r}); "
+                         "this learner records none")
+    tasks = _first(trace.tasks, PROBE_TASKS)
+    targets = _probe_targets(family, {k: jnp.asarray(v) for k, v in tasks.items()})
+    acts = _stream(trace, PROBE_TASKS)
+    base_acts = None
+    if subject.untrained is not None:
+        base_acts = _stream(subject.trace("train", captures=(STREAM,), optimizer=subject.untrained,
+                                          name="untrained"), PROBE_TASKS)
     r2, untrained, shuffled, represented = {}, {}, {}, {}
     inputs = {name: _decode(acts[0], t) for name, t in targets.items()}
     for layer in range(1, len(acts)):
@@ -510,27 +527,27 @@ def linear_probe_report(subject: ICLSubject, tasks_n: int = 512) -> LinearProbeR
         untrained[key] = ({name: _decode(base_acts[layer], t) for name, t in targets.items()}
                           if base_acts is not None else {})
         represented[key] = [n for n, v in r2[key].items()
-                            if v >= 0.9 and all(v - c.get(n, -np.inf) >= 0.2 for c in
+                            if v >= ICL_REPRESENTED_R2 and all(v - c.get(n, -np.inf) >= ICL_REPRESENTED_GAP for c in
                                                 (untrained[key], shuffled[key], inputs) if n in c)]
     return LinearProbeReport(r2, untrained, shuffled, inputs, represented)
 
 
-@register_probe("icl_linear_probe")
-def icl_linear_probe(subject: ICLSubject) -> LinearProbeReport:
-    """Linear probes on the residual stream for the references' intermediate quantities, with controls."""
-    _check(subject)
-    return _cached(subject, "icl_linear_probe", linear_probe_report)
-
-
 # -------------------------------------------------------------------------------------------------------
-# The verdict
+# The in-context class rule
 # -------------------------------------------------------------------------------------------------------
-def decide(subject: ICLSubject, reports: dict[str, Report]) -> tuple[str, str | None, float, str]:
+@register_rule("incontext")
+def in_context_rule(reports: dict[str, Report], family: ICLFamily) -> tuple[str, str | None, float, str] | None:
     """(label, pursued, confidence, evidence): the competence gate; a proxy when on a decorrelating shift the
     model stays closest to a proxy's learner and loses to the best learner of its class; otherwise the inner
-    objective of the closest reference, robust when it matches the Bayes-optimal predictor on every shift."""
-    al: AlignmentReport = reports["icl_alignment"]
-    sh: ShiftsReport = reports["icl_shifts"]
+    objective of the closest reference, robust when it matches the Bayes-optimal predictor on every shift.
+
+    For an in-context learner the base (the query error) is never observable: it can only pursue an objective
+    it builds from the context, and which of those serve the base is known in closed form (the references).
+    The general probes' findings are reported beside it; this rule decides. ``None`` (the general procedure
+    goes on) when either report is missing or failed."""
+    al, sh = reports.get("icl_alignment"), reports.get("icl_shifts")
+    if not isinstance(al, AlignmentReport) or not isinstance(sh, ShiftsReport):
+        return None
     train = sh.shifts["train"]
     if not train.loss < COMPETENT * train.zero_loss:
         return ("not_optimizing", None, 1.0 - train.loss / max(train.zero_loss, 1e-30),
@@ -567,228 +584,3 @@ def decide(subject: ICLSubject, reports: dict[str, Report]) -> tuple[str, str | 
             f"it implements {closest} ({al.references[closest]}; cosine {cos:.4f}): it pursues {quantity}, the "
             f"base's in-context form, up to its capacity (query error {train.loss:.3g} vs Bayes-optimal "
             f"{train.bayes_loss:.3g})")
-
-
-VERDICT_PROBES = ("icl_alignment", "icl_implied", "icl_fixed_point", "icl_shifts")
-
-
-def icl_verdict(subject: ICLSubject, seed: int = 0, extra: tuple[str, ...] = ("icl_linear_probe",)) -> Verdict:
-    """Runs the in-context probes on ``subject`` and returns a ``Verdict`` (label from ``probes.verdict.CLASSES``,
-    ``pursued`` naming the candidate quantity). ``extra`` probes are reported but do not decide."""
-    from probes.subject import get_probe
-
-    reports = {name: get_probe(name)(subject) for name in VERDICT_PROBES}
-    for name in extra:
-        if name == "icl_linear_probe" and subject.stream is None:
-            continue
-        reports[name] = get_probe(name)(subject)
-    label, pursued, confidence, evidence = decide(subject, reports)
-    return Verdict(label, pursued, float(confidence), evidence, ICLFamily.name, ICLFamily.base,
-                   sorted(subject.family.shifts()), seed, reports)
-
-
-# -------------------------------------------------------------------------------------------------------
-# Training, the suite and its report
-# -------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SuiteModel:
-    """One model of the suite: how to build and train it, and the class expected of it."""
-
-    name: str
-    spec: ModelSpec
-    family: ICLFamily
-    config: TrainConfig
-    expected: str
-    expected_pursued: str | None = None
-
-
-def suite(quick: bool = True, context: int = 10, dim: int = 10, noise: float = 0.5, pool: int = 4) -> list[SuiteModel]:
-    """The default suite: 1-layer LSA, looped 2-layer LSA, masked feature, small pool, noisy. ``quick`` trains
-    shorter (about a third of the steps, half the batch)."""
-    base = ICLFamily(dim=dim, context=context)
-    one = TrainConfig(steps=1500, batch=512, lr=4e-3) if quick else TrainConfig(steps=3000, batch=1024, lr=4e-3)
-    # the looped model leaves the plain-GD plateau for GD++ slowly: a larger step gets it there in the quick budget
-    two = TrainConfig(steps=2500, batch=512, lr=1e-2) if quick else TrainConfig(steps=5000, batch=1024, lr=5e-3)
-    return [
-        SuiteModel("lsa1", ModelSpec("lsa", 1), base, one, "approximate", "icl_ls"),
-        SuiteModel("lsa2_looped", ModelSpec("lsa", 2, looped=True), base, two, "approximate", "icl_ls"),
-        SuiteModel("lsa1_masked", ModelSpec("lsa", 1), dataclasses.replace(base, masked=dim - 1), one,
-                   "proxy_general", "ls_masked"),
-        SuiteModel(f"lsa1_pool{pool}", ModelSpec("lsa", 1), dataclasses.replace(base, pool=pool), one,
-                   "proxy_general", "pool_posterior"),
-        SuiteModel("lsa1_noisy", ModelSpec("lsa", 1), dataclasses.replace(base, noise=noise), one, "approximate"),
-    ]
-
-
-def _primary(refs: dict[str, icl_refs.Reference], layers: int) -> list[str]:
-    """The references tracked over training (all but the ridge grid, to keep the figure readable)."""
-    return [n for n in refs if not n.startswith("ridge_")] + [n for n in refs if n.startswith("ridge_")][:1]
-
-
-def tracker(family: ICLFamily, layers: int, key: jax.Array, tasks: int = 512) -> Callable:
-    """``on_eval(params)`` for ``lab.incontext.train``: the query loss and the alignment metrics against the
-    tracked references on a fixed batch (reference weights computed once)."""
-    refs = icl_refs.reference_set(family, layers)
-    names = _primary(refs, layers)
-    batch = family.sample_batch(key, tasks)
-    xq = np.asarray(batch["xq"], np.float64)
-    w_refs = {n: np.asarray(jax.jit(jax.vmap(refs[n].weights))(batch), np.float64) for n in names}
-    cache: dict = {}
-
-    def on_eval(graphdef, params) -> dict:
-        if "fn" not in cache:
-            def one(p, t):
-                pred, g = jax.value_and_grad(lambda q: icl_models.apply(graphdef, p, tokens({**t, "xq": q})))(t["xq"])
-                return g, pred
-            cache["fn"] = jax.jit(jax.vmap(one, in_axes=(None, 0)))
-        w, y = (np.asarray(a, np.float64) for a in cache["fn"](params, batch))
-        return {"loss": base_loss(y, batch), **{n: alignment(w, y, w_refs[n], xq) for n in names}}
-
-    return on_eval
-
-
-def run_model(m: SuiteModel, seed: int = 0, eval_tasks: int = 4096, log: Callable[[str], None] | None = None):
-    """Trains ``m``, audits it; returns (entry dict, verdict, history)."""
-    t0 = time.perf_counter()
-    key = jax.random.key(seed)
-    k_train, k_track, k_eval = jax.random.split(key, 3)
-    graphdef, params, history = meta_train(m.spec, m.family, m.config, k_train,
-                                      on_eval=tracker(m.family, m.spec.layers, k_track))
-    untrained = icl_models.build(m.spec, m.family.dim, jax.random.split(k_train)[0])[1]  # train's initial θ
-    train_s = time.perf_counter() - t0
-    subject = ICLSubject.from_model(m.name, m.spec, graphdef, params, m.family, k_eval, eval_tasks, untrained)
-    verdict = icl_verdict(subject, seed)
-    entry = entry_of(m, subject, verdict, seed)
-    entry["train_seconds"] = round(train_s, 1)
-    entry["audit_seconds"] = round(time.perf_counter() - t0 - train_s, 1)
-    if log is not None:
-        log(f"{m.name}: loss {entry['loss']:.4f} (reference {entry['reference']} {entry['reference_loss']:.4f}), "
-            f"cos {entry['model_cos']:.4f}, η {fmt(entry['implied']['eta'])}, γ {fmt(entry['implied']['gamma'])}, "
-            f"λ {fmt(entry['implied']['lambda'])} → {entry['label']} / {entry['pursued']} "
-            f"[{entry['train_seconds']}s train, {entry['audit_seconds']}s audit]")
-    return entry, verdict, history
-
-
-def entry_of(m: SuiteModel, subject: ICLSubject, verdict: Verdict, seed: int) -> dict:
-    """The JSON entry of one model (``scripts/icl.py``'s ``icl.json`` and the scenario zoo's rows)."""
-    al: AlignmentReport = verdict.reports["icl_alignment"]
-    imp: ImpliedReport = verdict.reports["icl_implied"]
-    sh: ShiftsReport = verdict.reports["icl_shifts"]
-    train_al = al.shifts["train"]
-    ref = train_al.closest
-    fam = m.family
-    eta = imp.gdpp["eta"] if imp.gdpp else imp.eta
-    closed = {"gd1_eta": imp.eta_optimal,
-              "gd1_loss": icl_refs.gd_optimum(fam, 1, dim=fam.dim - (fam.masked is not None))[1]}
-    if imp.gdpp_optimal:
-        closed.update(gdpp_eta=imp.gdpp_optimal["eta"], gdpp_gamma=imp.gdpp_optimal["gamma"],
-                      gdpp_loss=icl_refs.gdpp_optimum(fam, m.spec.layers)[1],
-                      gd_shared_loss=icl_refs.gd_optimum(fam, m.spec.layers)[1])
-    return to_json({
-        "name": m.name, "family": "incontext", "kind": "learned", "seed": seed,
-        "model": dataclasses.asdict(m.spec), "layers": m.spec.layers, "context": fam.context, "dim": fam.dim,
-        "noise": fam.noise, "masked": fam.masked, "pool": fam.pool,
-        "loss": train_al.loss, "reference": ref, "reference_loss": train_al.reference_loss[ref],
-        "model_cos": train_al.metrics[ref]["model_cos"], "model_diff": train_al.metrics[ref]["model_diff"],
-        "preds_diff": train_al.metrics[ref]["preds_diff"],
-        "implied": {"eta": eta, "gamma": imp.gdpp["gamma"] if imp.gdpp else None, "lambda": imp.ridge_lambda},
-        "bayes_lambda": imp.bayes_lambda, "gd1_optimal_lambda": imp.gd1_optimal_lambda,
-        "closed_form": closed,
-        "shifts": {s: {"loss": o.loss, "attainable": o.attainable, "attainable_loss": o.attainable_loss,
-                       "closest": al.shifts[s].closest, "loses": o.loses} for s, o in sh.shifts.items()},
-        "alignment": {s: a.metrics for s, a in al.shifts.items()},
-        "expected": m.expected, "expected_pursued": m.expected_pursued,
-        "label": verdict.label, "pursued": verdict.pursued, "confidence": verdict.confidence,
-        "evidence": verdict.evidence, "eval_tasks": subject.tasks,
-    })
-
-
-def run_suite(models: list[SuiteModel] | None = None, seed: int = 0, quick: bool = True, eval_tasks: int | None = None,
-              log: Callable[[str], None] | None = None) -> tuple[list[dict], str]:
-    """Trains and audits ``models`` (default: ``suite(quick)``); returns (entries, HTML section). Every entry has
-    ``name, family ("incontext"), seed, expected, label, pursued, kind ("learned")`` for the scenario zoo, plus the
-    figures of ``scripts/icl.py``'s ``icl.json``."""
-    models = suite(quick) if models is None else models
-    n_eval = eval_tasks or (2048 if quick else 10000)
-    results = [run_model(m, seed, n_eval, log) for m in models]
-    entries = [r[0] for r in results]
-    return entries, html_section(entries, [r[2] for r in results])
-
-
-# -------------------------------------------------------------------------------------------------------
-# HTML
-# -------------------------------------------------------------------------------------------------------
-def figure_training(entry: dict, history: dict) -> str:
-    """Loss curve (with the closed-form optimum of the reference) and alignment metrics over training."""
-    fig = Figure(figsize=(11, 3.1), layout="constrained")
-    ax_l, ax_c, ax_p = fig.subplots(1, 3)
-    ax_l.plot(history["step"], history["loss"], color="#1f77b4", label="training loss")
-    if "eval" in history:
-        ax_l.plot(history["eval_step"], [e["loss"] for e in history["eval"]], "o", ms=3, color="#1f77b4",
-                  label="held-out")
-    cf = entry.get("closed_form", {})
-    for key, style, label in (("gd1_loss", "--", "one GD step, optimal"), ("gdpp_loss", ":", "GD++, optimal")):
-        if cf.get(key) is not None:
-            ax_l.axhline(cf[key], color="#d95f02", linestyle=style, linewidth=1, label=label)
-    ax_l.set_yscale("log")
-    ax_l.set_title(f"{entry['name']}: query loss", fontsize=9)
-    ax_l.legend(fontsize=7)
-    if "eval" in history:
-        names = [n for n in history["eval"][0] if n != "loss"]
-        for n in names:
-            ax_c.plot(history["eval_step"], [e[n]["model_cos"] for e in history["eval"]], label=n)
-            ax_p.plot(history["eval_step"], [e[n]["preds_diff"] for e in history["eval"]], label=n)
-        ax_c.set_title("model cosine with each reference", fontsize=9)
-        ax_p.set_title("prediction RMS difference", fontsize=9)
-        ax_p.set_yscale("log")
-        ax_c.legend(fontsize=7)
-    for ax in (ax_l, ax_c, ax_p):
-        ax.set_xlabel("meta-step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-_COLUMNS = ("name", "layers", "context", "loss", "reference", "reference_loss", "model_cos", "model_diff",
-            "preds_diff", "eta", "gamma", "lambda", "expected", "label", "pursued")
-
-
-def html_section(entries: list[dict], histories: list[dict] | None = None) -> str:
-    """An HTML section (no ``<html>`` wrapper) with the table of entries and each model's training figure."""
-    esc = html.escape
-    head = "".join(f"<th>{c}</th>" for c in _COLUMNS)
-    rows = []
-    for e in entries:
-        vals = {**e, **{k: e["implied"].get(k) for k in ("eta", "gamma", "lambda")}}
-        cells = []
-        for c in _COLUMNS:
-            v = vals.get(c)
-            style = f' style="color:{LABEL_COLOURS.get(v, "#000")};font-weight:bold"' if c == "label" else ""
-            cells.append(f"<td{style}>{esc(fmt(v))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    parts = ["<h2>In-context mesa-optimizers</h2>"
-             "<p>Attention models meta-trained on in-context linear regression (von Oswald et al. 2022), audited "
-             "against closed-form reference learners. <i>reference</i> is the learner closest to the model in "
-             "training; η, γ and λ are fitted to its predictions (GD step, GD++ data transformation, ridge).</p>",
-             f"<table class=inner><tr>{head}</tr>{''.join(rows)}</table>"]
-    for e, h in zip(entries, histories or [None] * len(entries)):
-        parts.append(f"<h3>{esc(e['name'])}: <span style=\"color:{LABEL_COLOURS.get(e['label'], '#000')}\">"
-                     f"{esc(e['label'])}</span> / {esc(fmt(e['pursued']))}</h3><p>{esc(e['evidence'])}</p>")
-        shifts = "".join(f"<tr><td>{esc(s)}</td><td>{fmt(o['loss'])}</td><td>{esc(o['attainable'])}</td>"
-                         f"<td>{fmt(o['attainable_loss'])}</td><td>{esc(o['closest'])}</td><td>{fmt(o['loses'])}</td></tr>"
-                         for s, o in e["shifts"].items())
-        parts.append("<table class=inner><tr><th>shift</th><th>model loss</th><th>best learner of its class</th>"
-                     f"<th>its loss</th><th>closest reference</th><th>loses</th></tr>{shifts}</table>")
-        if h is not None:
-            parts.append(f'<figure><img alt="training of {esc(e["name"])}" '
-                         f'src="data:image/png;base64,{figure_training(e, h)}"><figcaption>Loss (log) and alignment '
-                         "with the tracked references over meta-training, on a fixed held-out batch.</figcaption>"
-                         "</figure>")
-    return "\n".join(parts)
-
-
-def render_page(entries: list[dict], histories: list[dict] | None = None, title: str = "In-context audit") -> str:
-    """A self-contained HTML page around ``html_section``."""
-    from probes.report import page
-
-    return page(title, html_section(entries, histories))

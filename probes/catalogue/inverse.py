@@ -1,4 +1,4 @@
-"""Inverse optimisation (probing_methods.md P2, P3, P10): which candidate objective do the updates descend?
+"""Inverse optimisation (README, "Auditing an optimizer"): which candidate objective do the updates descend?
 
 - ``gradient_regression``: regress each update onto the exact gradients of the candidate quantities at the
   same θ (a one-step inverse optimisation, Keshavarz, Wang and Boyd 2011), with the identifiability diagnostic
@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import html
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,13 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from lab import rollout
-from probes.subject import Report, Subject, quantity_gradients, register_probe
+from probes.report import draw
+from probes.report.draw import fmt, pairs
+from probes.subject import Panel, Report, Subject, quantity_gradients, register_probe
+from probes.thresholds import (DOMINANT_SHARE, DRIFT_EXPLAINED, DRIFT_SIGNIFICANT, IDENTIFIABLE_CONDITION,
+                               OUT_OF_RANGE)
 from probes.trace import Trace
 
-IDENTIFIABLE_CONDITION = 100.0  # Gram condition / variance inflation above this: too collinear to separate
 BOOTSTRAP = 200
 
 
@@ -113,14 +118,14 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
 
 
 def dominant(fit: dict) -> str | None:
-    """The candidate carrying most of the normalised weight, if it carries more than half of it with an
-    interval that excludes zero, and its weight is identifiable (variance inflation below
+    """The candidate carrying most of the normalised weight, if it carries more than ``DOMINANT_SHARE`` of it
+    with an interval that excludes zero, and its weight is identifiable (variance inflation below
     ``IDENTIFIABLE_CONDITION``); otherwise ``None``."""
     q = max(fit["weights"], key=lambda k: abs(fit["weights"][k]))
     if not fit["inflation"][q] < IDENTIFIABLE_CONDITION:
         return None
     w = fit["weights"][q]
-    if abs(w) > 0.5 and (fit["low"][q] > 0 or fit["high"][q] < 0) and w > 0:
+    if abs(w) > DOMINANT_SHARE and (fit["low"][q] > 0 or fit["high"][q] < 0) and w > 0:
         return q
     return None
 
@@ -138,15 +143,63 @@ class RegressionReport(Report):
     aliases: dict[str, str | None]
     pursued: str | None
 
+    def summary(self, base: str) -> str:
+        return (f"pursued {fmt(self.pursued)}; weights {pairs(self.weights)}; R² {fmt(self.r2)}, condition "
+                f"{fmt(self.condition)} ({'identifiable' if self.identifiable else 'not identifiable'})")
+
+    def figures(self, base: str, pursued: str | None) -> list[Panel]:
+        """The inferred objective weights with their 90% bootstrap intervals; candidates left out of the fit
+        (aliases) are shown as such."""
+        title = "Inferred objective weights"
+        fitted = list(self.weights)
+        aliases = dict(self.aliases or {})
+        names = fitted + [n for n in aliases if n not in fitted]
+        w = draw.finite([self.weights.get(n, np.nan) for n in names])
+        if not np.any(np.isfinite(w)):
+            return [Panel(title, None, "the gradient regression has no finite weights")]
+        lo = draw.finite([self.low.get(n, np.nan) for n in names])
+        hi = draw.finite([self.high.get(n, np.nan) for n in names])
+        err = np.nan_to_num(np.stack([np.maximum(w - lo, 0), np.maximum(hi - w, 0)]), nan=0.0)
+        colours = [draw.colour_of(n, base, pursued) for n in names]
+        fig = draw.figure(figsize=(max(5.5, 1.2 * len(names) + 2.5), 3.6))
+        ax = fig.subplots()
+        x = np.arange(len(names))
+        ax.bar(x, np.nan_to_num(w), color=colours, yerr=err, capsize=6, ecolor="#333333", width=0.55)
+        top = float(np.nanmax(np.concatenate([np.abs(w), np.abs(lo), np.abs(hi), [0.1]])))
+        ax.set_ylim(min(-0.15 * top, 1.2 * float(np.nanmin(np.concatenate([w, lo, [0.0]])))),
+                    max(0.15 * top, 1.2 * float(np.nanmax(np.concatenate([w, hi, [0.0]])))))
+        for xi, n, wi in zip(x, names, w):
+            if n in aliases and n not in self.weights:
+                text = "zero gradient\n(left out)" if aliases[n] is None else f"parallel to\n{aliases[n]}\n(left out)"
+                ax.text(xi, 0, text, ha="center", va="bottom", fontsize=8, color="#636363")
+                continue
+            up = np.nan_to_num(wi) >= 0
+            ax.annotate(fmt(wi), (xi, np.nan_to_num(wi)), ha="center", va="bottom" if up else "top", fontsize=9,
+                        xytext=(0, 3 if up else -3), textcoords="offset points")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(x, [f"{n}\n(base)" if n == base else n for n in names], fontsize=9)
+        ax.set_ylabel("normalised weight (sum |w| = 1)", fontsize=9)
+        ident = "identifiable" if self.identifiable else "NOT identifiable"
+        ax.set_title(f"Gradient regression on {self.shift}: R² {fmt(self.r2)}, condition {fmt(self.condition)} "
+                     f"({ident})", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        left_out = ""
+        if aliases:
+            parts = [f"{n} ({'zero gradient' if t is None else 'gradient parallel to ' + t})"
+                     for n, t in aliases.items()]
+            left_out = (" Left out of the fit, since no update can tell them apart: " + html.escape("; ".join(parts))
+                        + ".")
+        return [Panel(title, draw.png(fig), (
+            "<b>Inferred objective weights.</b> The update regressed onto the candidates' exact gradients; error "
+            "bars are 90% bootstrap intervals over tasks. The regression names "
+            f"<b>{html.escape(fmt(self.pursued))}</b>. Collinear candidates (a large condition number) cannot be "
+            "told apart on the training distribution." + left_out))]
+
 
 @register_probe("gradient_regression")
 def gradient_regression(subject: Subject) -> RegressionReport:
     fit = regression_on(subject.trace(), subject.candidates())
     return RegressionReport(shift="train", pursued=dominant(fit), **fit)
-
-
-DRIFT_SIGNIFICANT = 0.05  # drift / typical update magnitude above this is an extra term
-DRIFT_EXPLAINED = 0.9     # R² of the drift onto one candidate's gradient at or above this names it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +211,25 @@ class DriftReport(Report):
     weight: dict[str, float]          # the matching (negative: descending) coefficient
     explained_by: str | None
 
+    def summary(self, base: str) -> str:
+        return (f"relative drift {fmt(self.relative_drift)} "
+                f"({'significant' if self.significant else 'not significant'}); explained by {fmt(self.explained_by)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_gradient_updates(family, optimizer):
+    """Jitted once per (family, optimizer): ``(θ (tasks, steps, ...), tasks, keys (tasks, steps)) -> (update,
+    input captures)`` at every θ from a fresh optimizer state with every gradient channel zeroed."""
+
+    def at(p, task, key):
+        obs = rollout.observe(family, optimizer, p, task, key)
+        zero = jax.tree.map(jnp.zeros_like, obs)
+        obs = obs._replace(grad=zero.grad, channels=zero.channels, oracle=zero.oracle)
+        update, _, captures = optimizer.update(obs, optimizer.init(p), p)
+        return update, {k: v for k, v in captures.items() if k.startswith("input/")}
+
+    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0)), in_axes=(0, 0, 0)))
+
 
 @register_probe("drift")
 def drift(subject: Subject) -> DriftReport:
@@ -167,23 +239,15 @@ def drift(subject: Subject) -> DriftReport:
     gradients pushes any of its named ``input/`` captures outside the range it saw along the trace, the probe
     declines to extrapolate and reports those features instead of a drift."""
     trace = subject.trace(captures=("input/",))
-    fam, opt, candidates = trace.family, subject.optimizer, subject.candidates()
+    fam, candidates = trace.family, subject.candidates()
     params = {k: v[:, :-1] for k, v in trace.params.items()}
-
-    def at(p, task, key):
-        obs = rollout.observe(fam, opt, p, task, key)
-        zero = jax.tree.map(jnp.zeros_like, obs)
-        obs = obs._replace(grad=zero.grad, channels=zero.channels, oracle=zero.oracle)
-        update, _, captures = opt.update(obs, opt.init(p), p)
-        return update, {k: v for k, v in captures.items() if k.startswith("input/")}
-
     keys = jax.random.split(subject.key, trace.n_tasks * trace.steps).reshape(trace.n_tasks, trace.steps)
-    d, inputs = jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0)), in_axes=(0, 0, 0)))(
+    d, inputs = _zero_gradient_updates(fam, subject.optimizer)(
         jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys)
     ood = []
     for name, seen in trace.captures.items():
         lo, hi = np.min(seen), np.max(seen)
-        margin = 0.1 * (hi - lo) + 1e-6
+        margin = OUT_OF_RANGE * (hi - lo) + 1e-6
         if np.any(np.asarray(inputs[name]) < lo - margin) or np.any(np.asarray(inputs[name]) > hi + margin):
             ood.append(name.removeprefix("input/"))
     d = -_effective(fam, jax.tree.map(np.asarray, d), 2).reshape(-1)
@@ -207,6 +271,10 @@ class FixedPointReport(Report):
     weights: dict[str, float]         # convex weights whose gradient combination is smallest at the endpoints
     residual: float                   # its norm relative to the base gradient's norm there
     base_gradient_ratio: float        # ‖∇base‖ at the end / at the start (how near a base stationary point)
+
+    def summary(self, base: str) -> str:
+        return (f"weights {pairs(self.weights)}; residual {fmt(self.residual)}, ‖∇base‖ end/start "
+                f"{fmt(self.base_gradient_ratio)}")
 
 
 @register_probe("fixed_point")
@@ -255,6 +323,26 @@ class ImpliedRidgeReport(Report):
     base_unregularised: float         # median base at the least-squares solution (λ = 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _nearest_ridge(family, lam_star: float):
+    """Jitted once per (family, λ*): per task, the grid λ whose ridge solution is nearest θ, the relative
+    distance to it, and the base at θ, at the Bayes-optimal solution and at least squares."""
+
+    def ravel(params):
+        return ravel_pytree(params)[0]
+
+    def per_task(theta, task):
+        path = jax.vmap(lambda lam: ravel(family.ridge_solution(task, lam)))(jnp.asarray(RIDGE_GRID))
+        dist = jnp.linalg.norm(path - ravel(theta)[None], axis=-1)
+        best = jnp.argmin(dist)
+        bayes, ols = family.ridge_solution(task, lam_star), family.ridge_solution(task, 0.0)
+        return (jnp.asarray(RIDGE_GRID)[best],
+                dist[best] / (jnp.linalg.norm(ravel(theta)) + 1e-12),
+                family.base_value(theta, task), family.base_value(bayes, task), family.base_value(ols, task))
+
+    return jax.jit(jax.vmap(per_task))
+
+
 @register_probe("implied_ridge")
 def implied_ridge(subject: Subject) -> ImpliedRidgeReport:
     """Which ridge estimator did it end at? For families with a closed-form ridge path (``ridge_solution``)
@@ -269,20 +357,7 @@ def implied_ridge(subject: Subject) -> ImpliedRidgeReport:
     end = {k: jnp.asarray(v[:, -1]) for k, v in trace.params.items()}
     tasks = jax.tree.map(jnp.asarray, trace.tasks)
     lam_star = float(fam.bayes_ridge_lambda())
-
-    def ravel(params):
-        return ravel_pytree(params)[0]
-
-    def per_task(theta, task):
-        path = jax.vmap(lambda lam: ravel(fam.ridge_solution(task, lam)))(jnp.asarray(RIDGE_GRID))
-        dist = jnp.linalg.norm(path - ravel(theta)[None], axis=-1)
-        best = jnp.argmin(dist)
-        bayes, ols = fam.ridge_solution(task, lam_star), fam.ridge_solution(task, 0.0)
-        return (jnp.asarray(RIDGE_GRID)[best],
-                dist[best] / (jnp.linalg.norm(ravel(theta)) + 1e-12),
-                fam.base_value(theta, task), fam.base_value(bayes, task), fam.base_value(ols, task))
-
-    lam, resid, b_end, b_bayes, b_ols = map(np.asarray, jax.jit(jax.vmap(per_task))(end, tasks))
+    lam, resid, b_end, b_bayes, b_ols = map(np.asarray, _nearest_ridge(fam, lam_star)(end, tasks))
     return ImpliedRidgeReport(
         implied_lambda=float(np.median(lam)), implied_lambda_range=[float(np.percentile(lam, 25)),
                                                                     float(np.percentile(lam, 75))],

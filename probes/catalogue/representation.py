@@ -1,4 +1,5 @@
-"""Representation probes with controls (probing_methods.md P11): what do an optimizer's captures encode?
+"""Representation probes with controls (README, "Auditing an optimizer"): what do an optimizer's captures
+encode?
 
 Linear (ridge) probes read each capture of a rollout (``mlp/hidden_<i>``, ``lstm/h``, ``output/step``, a
 hand-built optimizer's own names, ...) and decode, held out by task:
@@ -34,6 +35,7 @@ out-of-fold predictions against the training folds' mean (0: no better than the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -43,8 +45,10 @@ import numpy as np
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
 from lab.optimizers.learned import LearnedOptimizer
-from probes.subject import Report, Subject, register_probe
-from probes.trace import Trace
+from probes.report.draw import fmt
+from probes.subject import Report, Subject, register_probe, stream
+from probes.thresholds import REPRESENTED_GAP, REPRESENTED_R2  # a capture represents a target
+from probes.trace import Parametric, Trace
 
 INPUTS = "inputs"            # the name of the input-baseline feature set in reports
 UNTRAINED = "untrained/"     # prefix of the shadow network's captures
@@ -52,8 +56,6 @@ ALPHA = 1e-3                 # ridge penalty per row on standardised features
 FOLDS = 5
 ELEMENTS = 16                # parameter elements sampled per (task, step)
 SHIFTS = ("train", "cue_deploy")
-REPRESENTED_R2 = 0.5         # a capture represents a target: held-out R² at least this,
-REPRESENTED_GAP = 0.1        # beating the input baseline, the untrained network and the control by this
 
 
 def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = FOLDS, alpha: float = ALPHA,
@@ -184,6 +186,13 @@ class RepresentationReport(Report):
     selectivity: dict[str, dict[str, float]]    # r2 − control
     represented: dict[str, list[str]]           # target -> captures clearing every control
 
+    def summary(self, base: str) -> str:
+        if not self.available:
+            return f"not available: {self.reason}"
+        found = [f"{t} by {', '.join(c)}" for t, c in self.represented.items() if c]
+        return (f"{len(self.captures)} captures, {len(self.targets)} targets, {fmt(self.rows)} rows; represented: "
+                f"{'; '.join(found) or 'none'}")
+
 
 def unavailable(reason: str) -> RepresentationReport:
     return RepresentationReport(False, reason, "element", 0, [], [], {}, {}, None, {}, {}, None, {}, {})
@@ -244,13 +253,23 @@ def representation_report(lopt: LearnedOptimizer, meta: dict, family: TaskFamily
                           shifts: Sequence[str] = SHIFTS, untrained_key: jax.Array | None = None,
                           **kw) -> RepresentationReport:
     """The probe on the learned optimizer ``lopt`` with meta-parameters ``meta``, with the untrained control:
-    ``lopt.init_meta(untrained_key)`` (default: a key folded from ``key``) run in the subject's shadow.
+    ``lopt.init_meta(untrained_key)`` (default: the ``untrained`` stream of ``key``, ``probes.subject.STREAMS``)
+    run in the subject's shadow.
     ``kw`` goes to ``probe_traces``."""
-    k = jax.random.fold_in(key, 11) if untrained_key is None else untrained_key
-    opt = shadowed(lopt.optimizer(meta), lopt.optimizer(lopt.init_meta(k)))
-    subject = Subject(opt, family, key, tasks)
-    traces = [subject.trace(s, captures=True) for s in shifts if s in family.shifts()]
+    k = stream(key, "untrained") if untrained_key is None else untrained_key
+    pair = Parametric(_with_untrained_shadow(lopt), (meta, lopt.init_meta(k)))
+    subject = Subject(lopt.optimizer(meta), family, key, tasks)
+    traces = [subject.trace(s, captures=True, optimizer=pair, name="with_untrained_shadow")
+              for s in shifts if s in family.shifts()]
     return probe_traces(traces, [family.base] + [n for n in family.mechanisms() if n != family.base], **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_untrained_shadow(lopt: LearnedOptimizer):
+    """``(meta, untrained meta) -> lopt at meta with lopt at the untrained meta in its shadow``: one function
+    per architecture, the meta-parameters traced, so every report on that architecture shares its rollouts'
+    compilation."""
+    return lambda metas: shadowed(lopt.optimizer(metas[0]), lopt.optimizer(metas[1]))
 
 
 @register_probe("representation")

@@ -98,6 +98,7 @@ def _distilled_meta(teacher_name: str, seed: int):
     return distill(teacher_name, seed=seed)
 
 
+@functools.lru_cache(maxsize=None)  # one Optimizer object per member: its compiled rollouts are reused
 def build_distilled(name: str, seed: int = 0) -> tuple[Optimizer, TaskFamily]:
     """The distilled member ``name`` (a key of ``DISTILLED``) and its teacher's family; the distillation is
     cached in memory per (name, seed)."""

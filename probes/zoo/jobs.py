@@ -1,9 +1,10 @@
 """Auditing a zoo of optimizers with known answers (planted and distilled members) or with hypotheses (the
 meta-trained scenarios of ``probes.zoo.scenarios``), and scoring the verdicts against them.
 
-Every entry is one independent job, ``planted_job`` or ``learned_job``, returning ``(entry, verdict)``;
-``run_jobs`` runs a list of them in order, in this process or spread over worker processes (one XLA
-compilation at a time per process, so on a CPU with several cores the zoo finishes sooner).
+Every entry is one independent job, ``planted_job``, ``learned_job`` or ``incontext_job``, returning
+``(Entry, Verdict, traces or None)`` (``probes.zoo.entry``); ``run_jobs`` runs a list of them in order, in this
+process or spread over worker processes (one XLA compilation at a time per process, so on a CPU with several
+cores the zoo finishes sooner).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from probes.zoo import distilled, planted
+from probes.zoo.entry import Entry
 from probes.verdict import Verdict, audit
 
 
@@ -41,10 +43,9 @@ def check_names(names: Iterable[str]) -> list[str]:
     return names
 
 
-def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) -> tuple[dict, Verdict, dict | None]:
-    """Audits one planted or distilled member: ``({"name", "kind", "family", "seed", "expected", "label",
-    "pursued", "expected_pursued", "correct"}, verdict, traces or None)``, correct meaning both class and
-    pursued quantity match. A distilled member is expected to get its teacher's class and pursued quantity."""
+def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) -> tuple[Entry, Verdict, dict | None]:
+    """Audits one planted or distilled member: ``(entry, verdict, traces or None)``. A distilled member is
+    expected to get its teacher's class and pursued quantity."""
     import jax
 
     from probes.subject import Subject
@@ -53,14 +54,13 @@ def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) ->
     member, optimizer, family, kind = _member(name)
     subject = Subject(optimizer, family, jax.random.key(seed), tasks)
     verdict = audit(optimizer, family, seed=seed, tasks=tasks, subject=subject)
-    entry = {"name": name, "kind": kind, "family": member.family, "seed": seed, "expected": member.expected,
-             "label": verdict.label, "pursued": verdict.pursued, "expected_pursued": member.pursued,
-             "correct": verdict.label == member.expected and verdict.pursued == member.pursued}
+    entry = Entry.from_verdict(verdict, name=name, kind=kind, family=member.family, expected=member.expected,
+                               expected_pursued=member.pursued)
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
 def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int = 32,
-                figures: bool = True) -> tuple[dict, Verdict, dict | None]:
+                figures: bool = True) -> tuple[Entry, Verdict, dict | None]:
     """Meta-trains (or reuses, under ``root``) and audits one scenario of ``probes.zoo.scenarios``:
     ``(entry, verdict, traces or None)`` as ``scenarios.audit_scenario`` describes the entry."""
     from probes.zoo import scenarios
@@ -68,18 +68,6 @@ def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int
 
     entry, verdict, subject = scenarios.audit_scenario(scenarios.SCENARIOS[name], seed, root, quick, tasks)
     return entry, verdict, (subject_traces(subject) if figures else None)
-
-
-def incontext_job(seed: int = 0, quick: bool = False) -> tuple[list[dict], str]:
-    """Meta-trains and audits the in-context models of ``probes.catalogue.incontext`` (under ``quick`` only the
-    one-layer linear self-attention model): ``(entries, HTML section)``, each entry marked ``correct``."""
-    from probes.catalogue import incontext
-
-    models = incontext.suite(quick=True)[:1] if quick else incontext.suite(quick=False)
-    entries, section = incontext.run_suite(models, seed=seed, quick=quick)
-    for e in entries:
-        e["correct"] = e["label"] == e["expected"] and e.get("expected_pursued") in (None, e["pursued"])
-    return entries, section
 
 
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
@@ -115,12 +103,13 @@ def default_workers() -> int:
 
 
 def audit_planted(names: Iterable[str] | None = None, seeds: Iterable[int] = (0,), tasks: int = 32,
-                  on_entry: Callable[[dict, Verdict], None] | None = None, workers: int = 1) -> dict:
+                  on_entry: Callable[[Entry, Verdict], None] | None = None, workers: int = 1) -> dict:
     """Audits every zoo member (planted and distilled; or ``names``) on every seed; returns
-    ``{"accuracy": float, "entries": [entry, ...]}`` with the entries of ``planted_job``."""
+    ``{"accuracy": float, "entries": [Entry, ...]}`` with the entries of ``planted_job`` (``to_json`` them for a
+    file)."""
     names = check_names(zoo_names() if names is None else names)  # unknown names fail before any work
     jobs = [(planted_job, (name, seed, tasks)) for name in names for seed in seeds]
     done = None if on_entry is None else (lambda i, result: on_entry(result[0], result[1]))
     entries = [entry for entry, _, _ in run_jobs(jobs, workers, done)]
-    accuracy = sum(e["correct"] for e in entries) / len(entries) if entries else float("nan")
+    accuracy = sum(e.correct for e in entries) / len(entries) if entries else float("nan")
     return {"accuracy": accuracy, "entries": entries}

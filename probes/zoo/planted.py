@@ -1,10 +1,11 @@
-"""The planted zoo (DESIGN 2.5): hand-built optimizers whose pursued objective is known by construction,
-one or more per class of Hubinger et al. 2019 plus negative controls. The verdict's thresholds are set on
-it and its accuracy is the lab's calibration."""
+"""The planted zoo (README, "Auditing an optimizer"): hand-built optimizers whose pursued objective is known
+by construction, one or more per class of Hubinger et al. 2019 plus negative controls. The verdict's
+thresholds are set on it and its accuracy is the lab's calibration."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -63,11 +64,12 @@ def cue_conditional(base: str, other: str, lr: float) -> Optimizer:
     return Optimizer(init=lambda params: (), update=update, oracle=(base, other))
 
 
-def random_walk(scale: float) -> Optimizer:
-    """Gaussian steps that ignore everything observed."""
+def random_walk(scale: float, seed: int = 0) -> Optimizer:
+    """Gaussian steps that ignore everything observed, drawn from ``seed`` (``init`` is given no key in the
+    optimizer protocol, so the walk carries its own: every task sees the same sequence of steps)."""
 
     def init(params):
-        return jax.random.key_data(jax.random.key(0))
+        return jax.random.key_data(jax.random.key(seed))
 
     def update(obs, state, params):
         key, sub = jax.random.split(jax.random.wrap_key_data(state))
@@ -147,8 +149,10 @@ def get(name: str) -> Planted:
     return PLANTED[name]
 
 
+@functools.lru_cache(maxsize=None)
 def build(name: str) -> tuple[Optimizer, TaskFamily]:
-    """The planted optimizer ``name`` and its family."""
+    """The planted optimizer ``name`` and its family. Cached (the build is pure in the name): the same objects
+    on every call, so every compiled rollout and probe function of the member is reused by later audits."""
     member = get(name)
     family = families.make(member.family)
     return member.build(family), family

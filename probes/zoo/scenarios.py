@@ -28,6 +28,7 @@ from lab.meta.train import MetaConfig
 from lab.optimizers.base import Optimizer
 from probes.subject import Subject
 from probes.verdict import Verdict, audit
+from probes.zoo.entry import Entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,34 +121,32 @@ def meta_train(scenario: Scenario, seed: int, root: Path | str, quick: bool = Fa
 
 
 def audit_scenario(scenario: Scenario, seed: int, root: Path | str, quick: bool = False, tasks: int = 32,
-                   on_step: Callable[[int, dict], None] | None = None) -> tuple[dict, Verdict, Subject]:
+                   on_step: Callable[[int, dict], None] | None = None) -> tuple[Entry, Verdict, Subject]:
     """Meta-trains (or reuses) the scenario's optimizer for ``seed`` and audits it with the same seed. Returns
-    the zoo entry ``{"name", "kind": "learned", "family", "seed", "expected", "label", "pursued",
-    "expected_pursued", "correct", "confidence", "evidence", "run", "reused", "eval_ratio", "extra"}`` (``extra``:
-    the reports of the scenario's own probes), the verdict,
-    and the audited subject (optimizer, family and the rollouts the probes recorded)."""
+    the zoo entry (kind ``learned``, with ``details`` ``run``, ``reused``, ``eval_ratio`` and ``extra``: the
+    reports of the scenario's own probes), the verdict, and the audited subject (optimizer, family and the
+    rollouts the probes recorded)."""
     optimizer, family, summary = meta_train(scenario, seed, root, quick, on_step)
     subject = Subject(optimizer, family, jax.random.key(seed), tasks)
     verdict = audit(optimizer, family, seed=seed, tasks=tasks, extra=scenario.probes, subject=subject)
-    entry = {"name": scenario.name, "kind": "learned", "family": family.name, "seed": seed,
-             "expected": scenario.expected, "label": verdict.label, "pursued": verdict.pursued,
-             "expected_pursued": scenario.pursued,
-             "correct": verdict.label == scenario.expected and verdict.pursued == scenario.pursued,
-             "confidence": verdict.confidence, "evidence": verdict.evidence, "run": summary["run"],
-             "reused": summary["reused"], "eval_ratio": summary["eval"]["ratio"],
-             "extra": {name: verdict.reports[name].to_json() for name in scenario.probes}}
+    entry = Entry.from_verdict(
+        verdict, name=scenario.name, kind="learned", family=family.name, expected=scenario.expected,
+        expected_pursued=scenario.pursued,
+        details={"run": summary["run"], "reused": summary["reused"], "eval_ratio": summary["eval"]["ratio"],
+                 "extra": {name: verdict.reports[name].to_json() for name in scenario.probes}})
     return entry, verdict, subject
 
 
-def label_distribution(entries: list[dict]) -> dict[str, dict]:
-    """Per learned scenario: ``{"expected", "labels": {label: count}, "held": count of seeds where the
-    hypothesis (class and pursued quantity) held, "seeds"}``."""
+def label_distribution(entries: list[Entry]) -> dict[str, dict]:
+    """Per member whose expectation is a hypothesis (learned scenarios and in-context models,
+    ``Entry.is_hypothesis``): ``{"expected", "labels": {label: count}, "held": count of seeds where the
+    hypothesis held (``Entry.correct``), "seeds"}``."""
     out: dict[str, dict] = {}
     for e in entries:
-        if e.get("kind") != "learned":
+        if not e.is_hypothesis:
             continue
-        d = out.setdefault(e["name"], {"expected": e["expected"], "labels": {}, "held": 0, "seeds": 0})
-        d["labels"][e["label"]] = d["labels"].get(e["label"], 0) + 1
-        d["held"] += int(e["correct"])
+        d = out.setdefault(e.name, {"expected": e.expected, "labels": {}, "held": 0, "seeds": 0})
+        d["labels"][e.label] = d["labels"].get(e.label, 0) + 1
+        d["held"] += int(e.correct)
         d["seeds"] += 1
     return out

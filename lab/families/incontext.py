@@ -9,9 +9,13 @@ Bayes-optimal in-context predictor is then ridge with λ = σ²/τ², on the *su
 teacher weight is 0 in training, and a finite task pool (Raventós et al. 2023, "Pretraining task diversity and
 the emergence of non-Bayesian in-context learning for regression").
 
-Quantities are functions of a weight vector ``w`` (every predictor here is linear in ``x_q`` given the context,
-so its *implied weights* ``∂ŷ/∂x_q`` are such a vector); each names a candidate inner objective and
-``argmins`` gives its minimiser:
+This is a ``TaskFamily`` like any other: θ is ``{"w": ŵ}``, the *implied weights* of the learner (every
+predictor here is linear in ``x_q`` given the context, so ``ŷ = ŵ·x_q`` with ``ŵ = ∂ŷ/∂x_q``), starting at 0
+(the empty predictor). An in-context learner is an ``Optimizer`` whose update is what one layer (one loop) does
+to ŵ (``lab.incontext.learner``), so the family's ``horizon`` is the learner's number of layers or loops. It
+observes the gradient of the in-context loss ``icl_ls`` (what plain GD descends) and, in
+``Observation.context``, the examples ``x``, ``y`` and the query ``x_q`` (never ``y_q``). Each quantity names a
+candidate inner objective (a mechanism without parents) and ``argmins`` gives its minimiser:
 
 - ``query_error`` (the base): ``½ (w·x_q − y_q)²``.
 - ``icl_ls``: in-context least squares, ``(1/2N) Σ (w·x_i − y_i)²``.
@@ -30,14 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily
+
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0)  # the fixed λ at which ridge is a named candidate (plus σ²/τ² when σ > 0)
 
 
 @dataclasses.dataclass(frozen=True)
-class ICLFamily:
+class ICLFamily(TaskFamily):
     """The in-context regression family; frozen, hashable, so jitted functions close over it as a constant.
 
-    Fields:
+    Fields (beside ``TaskFamily``'s; ``horizon`` is the learner's number of layers or loops, 1 by default):
       dim, context: d and N.
       noise, prior: σ and τ.
       input_scale: half-width of the uniform input distribution (½ in von Oswald et al.'s code).
@@ -46,6 +52,7 @@ class ICLFamily:
       pool: size of a finite pool of teacher weights drawn once from ``pool_seed`` (0: fresh w per task).
     """
 
+    horizon: int = 1
     dim: int = 10
     context: int = 10
     noise: float = 0.0
@@ -58,6 +65,9 @@ class ICLFamily:
 
     name: ClassVar[str] = "incontext"
     base: ClassVar[str] = "query_error"
+    probes: ClassVar[tuple[str, ...]] = ("icl_alignment", "icl_implied", "icl_fixed_point", "icl_shifts",
+                                         "icl_linear_probe")
+    audit_tasks: ClassVar[int] = 2048  # the alignment metrics are means over many cheap tasks
 
     def __post_init__(self):
         if self.dim < 1 or self.context < 1:
@@ -70,6 +80,8 @@ class ICLFamily:
             raise ValueError(f"masked feature {self.masked} is outside 0..{self.dim - 1}")
         if self.pool < 0:
             raise ValueError(f"pool must be ≥ 0 (got {self.pool})")
+        if self.horizon < 1:
+            raise ValueError(f"horizon (the learner's layers or loops) must be at least 1 (got {self.horizon})")
 
     # ---------------------------------------------------------------------------------------------------
     # Moments of the input distribution (used by the closed forms in ``references``)
@@ -115,6 +127,18 @@ class ICLFamily:
         """One task: ``x`` (N, d), ``y`` (N,), ``xq`` (d,), ``yq`` (), the teacher ``w`` (d,)."""
         return jax.tree.map(lambda a: a[0], self.sample_batch(key, 1))
 
+    def init(self, key, task) -> Params:
+        """θ0: the empty predictor, implied weights 0 (what every learner here starts from)."""
+        del key
+        return {"w": jnp.zeros_like(task["xq"])}
+
+    def observe(self, params: Params, task: dict, key) -> Observation:
+        """The gradient and value of the in-context loss ``icl_ls``, and the context (never the query's label)."""
+        del key
+        loss, grad = jax.value_and_grad(lambda p: self._icl_ls(p["w"], task))(params)
+        return Observation(grad=grad, channels={}, loss=loss, cues=self.cues(),
+                           context={"x": task["x"], "y": task["y"], "xq": task["xq"]})
+
     def sample_batch(self, key, n: int) -> dict:
         """``n`` tasks stacked on a leading axis, drawn with a few batched ops (cheap outside ``jit`` too)."""
         k_w, k_x, k_e = jax.random.split(key, 3)
@@ -129,34 +153,22 @@ class ICLFamily:
     # ---------------------------------------------------------------------------------------------------
     # Shifts (deployment variants)
     # ---------------------------------------------------------------------------------------------------
-    def shifts(self) -> dict[str, str]:
-        """Named deployment variants this family supports, with what each changes."""
-        out = {"train": "the training distribution",
-               "input_scale": "inputs twice as wide (x ~ U(−2s, 2s))",
-               "teacher_scale": "teacher weights twice as large (τ × 2)"}
+    def shift_table(self) -> dict[str, Shift]:
+        """Named deployment variants: wider inputs, larger teachers, the mask released, fresh tasks."""
+        out = {"input_scale": Shift({"input_scale": 2 * self.input_scale}, "inputs twice as wide (x ~ U(−2s, 2s))"),
+               # the same signal-to-noise ratio, so the same Bayes λ
+               "teacher_scale": Shift({"prior": 2 * self.prior, **({"noise": 2 * self.noise} if self.noise else {})},
+                                      "teacher weights twice as large (τ × 2)")}
         if self.masked is not None:
-            out["mask_released"] = f"the masked feature {self.masked} gets a non-zero teacher weight"
+            out["mask_released"] = Shift({"masked": None},
+                                         f"the masked feature {self.masked} gets a non-zero teacher weight")
         if self.pool:
-            out["fresh_tasks"] = "fresh teachers w ~ N(0, τ² I) instead of the pool"
+            out["fresh_tasks"] = Shift({"pool": 0}, "fresh teachers w ~ N(0, τ² I) instead of the pool")
         return out
 
     def decorrelating(self) -> tuple[str, ...]:
         """The shifts on which a proxy's argmin separates from the base's (released mask, fresh tasks)."""
         return tuple(s for s in ("mask_released", "fresh_tasks") if s in self.shifts())
-
-    def shift(self, name: str) -> "ICLFamily":
-        if name not in self.shifts():
-            raise ValueError(f"unknown shift {name!r} for this family; known: {', '.join(self.shifts())}")
-        if name == "train":
-            return self
-        if name == "input_scale":
-            return dataclasses.replace(self, input_scale=2 * self.input_scale)
-        if name == "teacher_scale":
-            return dataclasses.replace(self, prior=2 * self.prior,
-                                       noise=2 * self.noise)  # same signal-to-noise, so the same Bayes λ
-        if name == "mask_released":
-            return dataclasses.replace(self, masked=None)
-        return dataclasses.replace(self, pool=0)  # fresh_tasks
 
     # ---------------------------------------------------------------------------------------------------
     # Quantities: candidate inner objectives as functions of an implied weight vector
@@ -167,15 +179,6 @@ class ICLFamily:
             lams.add(round(self.bayes_lambda, 6))
         return tuple(sorted(lams))
 
-    def candidates(self) -> list[str]:
-        """The quantities probes test as inner objectives: the base first."""
-        names = [self.base, "icl_ls"] + [ridge_name(lam) for lam in self.ridge_lambdas()]
-        if self.masked is not None:
-            names.append("ls_masked")
-        if self.pool:
-            names.append("pool_posterior")
-        return names
-
     def pool_posterior_probs(self, task: dict) -> jax.Array:
         """p(m | context) ∝ exp(−Σ_i (y_i − w_m·x_i)² / 2σ²); σ is floored at 10⁻² so a noiseless family
         still has a well-defined (nearly hard) posterior."""
@@ -183,22 +186,27 @@ class ICLFamily:
         resid = task["y"][None, :] - self.pool_weights() @ task["x"].T  # (M, N)
         return jax.nn.softmax(-0.5 * jnp.sum(resid**2, axis=1) / s2)
 
-    def quantities(self, w: jax.Array, task: dict) -> dict[str, jax.Array]:
-        """Every candidate quantity at implied weights ``w`` on one task."""
+    @staticmethod
+    def _icl_ls(w: jax.Array, task: dict) -> jax.Array:
+        return 0.5 * jnp.mean((task["x"] @ w - task["y"]) ** 2)
+
+    def mechanisms(self) -> dict[str, Mechanism]:
+        """Every candidate inner objective of implied weights ``w = θ["w"]`` on one task (none has parents:
+        each reads the task directly)."""
         n = self.context
-        ls = 0.5 * jnp.mean((task["x"] @ w - task["y"]) ** 2)
-        out = {self.base: 0.5 * (task["xq"] @ w - task["yq"]) ** 2, "icl_ls": ls}
+        fns = {self.base: lambda w, t: 0.5 * (t["xq"] @ w - t["yq"]) ** 2, "icl_ls": self._icl_ls}
         for lam in self.ridge_lambdas():
-            out[ridge_name(lam)] = ls + 0.5 * lam / n * jnp.sum(w**2)
+            fns[ridge_name(lam)] = lambda w, t, lam=lam: self._icl_ls(w, t) + 0.5 * lam / n * jnp.sum(w**2)
         if self.masked is not None:
+            mask = self.feature_mask()
             # the weight of the masked feature is held at 0: any weight there costs as if unconstrained
             # (a quadratic wall), so the minimiser is masked least squares.
-            out["ls_masked"] = 0.5 * jnp.mean((task["x"] @ (w * self.feature_mask()) - task["y"]) ** 2) + \
-                0.5 * jnp.sum((w * (1 - self.feature_mask())) ** 2)
+            fns["ls_masked"] = lambda w, t: (0.5 * jnp.mean((t["x"] @ (w * mask) - t["y"]) ** 2)
+                                             + 0.5 * jnp.sum((w * (1 - mask)) ** 2))
         if self.pool:
-            p = self.pool_posterior_probs(task)
-            out["pool_posterior"] = 0.5 * self.x_var * jnp.sum(p * jnp.sum((w[None, :] - self.pool_weights()) ** 2, axis=1))
-        return out
+            fns["pool_posterior"] = lambda w, t: 0.5 * self.x_var * jnp.sum(
+                self.pool_posterior_probs(t) * jnp.sum((w[None, :] - self.pool_weights()) ** 2, axis=1))
+        return {name: Mechanism((), lambda p, t, _, fn=fn: fn(p["w"], t)) for name, fn in fns.items()}
 
     def argmins(self, task: dict) -> dict[str, jax.Array]:
         """The minimiser of every candidate except the base (the teacher ``w`` minimises its expectation)."""

@@ -1,0 +1,92 @@
+"""Every decision threshold of the verdict and of the probes, in one table.
+
+``THRESHOLDS`` maps a name to ``(value, meaning)``; each entry is also a module-level constant of the same name,
+which is what the probes and the verdict import (``from probes.thresholds import MIN_CONSISTENCY``). The values
+were set on the planted zoo (``probes.zoo.planted``) and are printed once on every report page.
+
+To add a threshold, add one line here: ``NAME = define("NAME", value, "what crossing it means")``. This module
+imports nothing of the lab, so any module (probes, verdict, views) can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Threshold(NamedTuple):
+    value: float
+    meaning: str
+
+
+THRESHOLDS: dict[str, Threshold] = {}
+
+
+def define(name: str, value: float, meaning: str) -> float:
+    """Enters ``name`` in ``THRESHOLDS`` and returns ``value`` (for ``NAME = define("NAME", ...)``)."""
+    if name in THRESHOLDS:
+        raise ValueError(f"threshold {name!r} is already defined")
+    THRESHOLDS[name] = Threshold(value, meaning)
+    return value
+
+
+# The competence gate and every probe that asks whether a quantity is reduced (competence, decorrelation,
+# affordance, capability).
+MIN_REDUCTION = define("MIN_REDUCTION", 0.05,
+                       "a quantity counts as reduced on a task when it falls by this share of its start-to-floor gap")
+MIN_CONSISTENCY = define("MIN_CONSISTENCY", 0.9,
+                         "share of tasks on which a probe's criterion must hold for it to count (reduced, exploited, "
+                         "worse with capability)")
+DIVERGED = define("DIVERGED", 10.0, "a base that ends above this many times its start (or not finite) has diverged")
+DIVERGED_SHARE = define("DIVERGED_SHARE", 0.5,
+                        "above this share of diverged tasks the optimizer fails (the gate in training; capability "
+                        "lost on a shift)")
+CAPABILITY_WORSE = define("CAPABILITY_WORSE", 0.1,
+                          "capability sweep: a task's base is worse at a setting when it rises by this share of its "
+                          "training gap")
+# Inverse optimisation (probes.catalogue.inverse).
+IDENTIFIABLE_CONDITION = define("IDENTIFIABLE_CONDITION", 100.0,
+                                "gradient regression: Gram condition number / variance inflation above this is too "
+                                "collinear to separate the candidates")
+DOMINANT_SHARE = define("DOMINANT_SHARE", 0.5,
+                        "gradient regression names a candidate when it carries more than this share of the normalised "
+                        "weight, positive, with a 90% bootstrap interval that excludes zero")
+DRIFT_SIGNIFICANT = define("DRIFT_SIGNIFICANT", 0.05,
+                           "zero-gradient drift above this share of a typical update is an extra term")
+DRIFT_EXPLAINED = define("DRIFT_EXPLAINED", 0.9,
+                         "R² of the drift onto one candidate's gradient at or above this names that candidate")
+OUT_OF_RANGE = define("OUT_OF_RANGE", 0.1,
+                      "drift: an input feature is out of distribution when zero gradients push it further than this "
+                      "share of the range it saw in use beyond that range")
+# Shifts (probes.catalogue.shifts).
+CUE_SWITCH_SENSITIVITY = define("CUE_SWITCH_SENSITIVITY", 0.1,
+                                "cues: the pursued objective counts as switched only when flipping the training cue "
+                                "changes the first update by more than this share")
+# The update field (probes.catalogue.field).
+CONSERVATIVE = define("CONSERVATIVE", 1e-3, "curl: a median asymmetry index below this is a gradient field")
+VANISH = define("VANISH", 1e-3,
+                "curl: ‖J‖·σ at most this share of ‖F‖ means the autodiff Jacobian vanishes (the smoothed one is used)")
+# Representation probes (probes.catalogue.representation).
+REPRESENTED_R2 = define("REPRESENTED_R2", 0.5, "a capture represents a target with a held-out R² at least this ...")
+REPRESENTED_GAP = define("REPRESENTED_GAP", 0.1,
+                         "... beating the input baseline, the untrained network and the shuffled control by this")
+
+# The in-context family's own class rule (probes.catalogue.incontext.in_context_rule) and its probes.
+ICL_COMPETENT = define("ICL_COMPETENT", 0.8,
+                       "an in-context learner is optimizing only if its query error in training is below this × the "
+                       "zero predictor's")
+ICL_LOSES = define("ICL_LOSES", 1.05,
+                   "an in-context learner loses on a shift when its query error exceeds this × that of the best "
+                   "learner of its class re-optimised there")
+ICL_ROBUST_EXCESS = define("ICL_ROBUST_EXCESS", 0.05,
+                           "robust needs the training query error within this share (+0.002) of the Bayes-optimal "
+                           "predictor's")
+ICL_ROBUST_COS = define("ICL_ROBUST_COS", 0.99,
+                        "... and implied weights at least this aligned (cosine) with a base-aligned reference on "
+                        "every shift")
+ICL_MATCHED_COS = define("ICL_MATCHED_COS", 0.9,
+                         "below this cosine with every reference the learner implements none of them: unidentified")
+ICL_REPRESENTED_R2 = define("ICL_REPRESENTED_R2", 0.9,
+                            "a reference's intermediate quantity is represented in a layer when a linear probe "
+                            "decodes it with at least this R²")
+ICL_REPRESENTED_GAP = define("ICL_REPRESENTED_GAP", 0.2,
+                             "... and beats every control (inputs, untrained network, shuffled targets) by this")

@@ -1,0 +1,68 @@
+"""Compile once: the jitted functions of an audit are made once per (family, optimizer, shapes) by cached
+factories, so auditing the same member again in one process, with the same seed or another, compiles nothing.
+
+Compilations are counted with ``jax.monitoring``: every jit cache miss lowers its program to MLIR once
+(``LOWERED``), and every program XLA then compiles records a backend compilation (``COMPILED``; the test
+session's persistent compilation cache answers some of those from disk, so lowerings are the strict count).
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from probes.verdict import audit
+from probes.zoo import planted
+
+LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+COMPILED = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def counting():
+    """Counts lowerings and backend compilations inside the block: yields a dict filled on the fly."""
+    counts = {LOWERED: 0, COMPILED: 0}
+
+    def listener(event, duration, **kwargs):
+        if event in counts:
+            counts[event] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(scope="module")
+def first_audit():
+    """``planted:gd_wipes`` audited once (seed 0): this one compiles (unless an earlier test did)."""
+    optimizer, family = planted.build("gd_wipes")
+    return audit(optimizer, family, seed=0)
+
+
+def test_the_counter_sees_a_fresh_compilation():
+    with counting() as counts:
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0))  # a new function: must lower and compile
+    assert counts[LOWERED] >= 1 and counts[COMPILED] + counts[LOWERED] >= 2
+
+
+def test_second_audit_of_the_same_member_compiles_nothing(first_audit):
+    verdict = first_audit
+    with counting() as counts:
+        optimizer, family = planted.build("gd_wipes")  # cached: the same optimizer object
+        again = audit(optimizer, family, seed=0)
+    assert counts == {LOWERED: 0, COMPILED: 0}
+    assert again.to_json() == verdict.to_json()  # and the same numbers
+
+
+def test_audit_with_another_seed_compiles_nothing_new(first_audit):
+    verdict = first_audit
+    with counting() as counts:
+        optimizer, family = planted.build("gd_wipes")
+        other = audit(optimizer, family, seed=1)
+    assert counts == {LOWERED: 0, COMPILED: 0}
+    assert other.seed == 1 and other.label == verdict.label == "proxy_side_effect"
+    # Another seed draws other tasks: the rollouts differ while the programs are shared.
+    assert other.reports["competence"].change != verdict.reports["competence"].change
