@@ -134,17 +134,18 @@ class Skipped(Report):
 
 
 def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int | None = None,
-          probes: tuple[str, ...] = DEFAULT_PROBES, extra: tuple[str, ...] = (),
+          probes: tuple[str, ...] | None = None, extra: tuple[str, ...] = (),
           subject: Subject | None = None) -> Verdict:
-    """Runs ``probes``, the family's own (``family.probes``) and ``extra`` registered probes of the user's on
-    ``optimizer`` and ``family`` and combines them into a ``Verdict``. Every rollout is drawn from ``seed``, on
-    ``tasks`` tasks (default: ``family.audit_tasks``). Pass a ``subject`` built from the same arguments to keep
-    its rollouts afterwards (for figures, ``probes.report.subject_traces``).
+    """Runs ``probes`` (default: ``DEFAULT_PROBES`` and the family's own, ``family.probes``) and ``extra``
+    registered probes of the user's on ``optimizer`` and ``family`` and combines them into a ``Verdict``. Every
+    rollout is drawn from ``seed``, on ``tasks`` tasks (default: ``family.audit_tasks``). Pass a ``subject``
+    built from the same arguments to keep its rollouts afterwards (for figures, ``probes.report.subject_traces``).
 
     When the competence gate decides (not optimizing, or failing in training), the other probes are skipped:
     their numbers would describe no coherent objective. A probe that cannot compute (non-finite rollouts) is
     reported as a ``ProbeFailure`` instead of ending the audit."""
-    names = tuple(dict.fromkeys(tuple(probes) + tuple(family.probes) + tuple(extra)))
+    probes = DEFAULT_PROBES + tuple(family.probes) if probes is None else tuple(probes)
+    names = tuple(dict.fromkeys(probes + tuple(extra)))
     fns = {name: get_probe(name) for name in names}  # unknown names fail before any work
     tasks = family.audit_tasks if tasks is None else tasks
     subject = Subject(optimizer, family, jax.random.key(seed), tasks) if subject is None else subject

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             verdict, subject = incontext.audit_run(run, args.seed)
             entry = incontext.entry(m, verdict, summary, run, reused)
             console.print(f"{'✓' if entry.correct else '✗'} {m.name}: {entry.label} / {entry.pursued}"
-                          f"{' [reused run]' if reused else ''}")
+                          f"{' (reused run)' if reused else ''}")
             results.append((entry, verdict, report.subject_traces(subject)))
         entries = [e for e, _, _ in results]
         sections = [report.zoo_entry_html(e, v, t) for e, v, t in results]

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     def done(i, result):  # every job returns (Entry, Verdict, traces or None)
         entry = result[0]
         tail = f" (expected {entry.expected} / {entry.expected_pursued or 'any'})" if not entry.correct else ""
-        reused = " [reused run]" if entry.details.get("reused") else ""
+        reused = " (reused run)" if entry.details.get("reused") else ""
         console.print(f"{'✓' if entry.correct else '✗'} {entry.kind} {entry.name} seed {entry.seed}: "
                       f"{entry.label} / {entry.pursued}{tail}{reused}")
 

@@ -50,9 +50,9 @@ def planted(weights, family, tasks=256):
 
 
 def verdict(subject):
-    """The one audit, with the competence gate as its only general probe (the in-context probes and rule are
-    the family's own, so they always run)."""
-    return audit(subject.optimizer, subject.family, probes=("competence",), extra=(), subject=subject)
+    """The one audit with the probes the family's rule reads (and the competence gate before it)."""
+    return audit(subject.optimizer, subject.family, probes=("competence", "icl_alignment", "icl_shifts"),
+                 subject=subject)
 
 
 # -----------------------------------------------------------------------------------------------------------

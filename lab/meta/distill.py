@@ -1,12 +1,10 @@
 """Distillation of an optimizer into a learned one by imitation (behaviour cloning with DAgger).
 
-A planted member (``probes.zoo.planted``) pursues a known objective by construction, but it is hand-written: it
-reads exact channels, has no parameters and no nonlinearity. A *distilled* member is a ``LearnedOptimizer``
-(a per-parameter MLP or LSTM, ``lab.optimizers.learned``) trained by imitation to reproduce a planted
-teacher's updates while seeing only what a learned optimizer sees: its named input features (normalised
-gradient channels and their scales, momenta, parameter, loss, step embeddings). Its pursued objective is the
-teacher's wherever the imitation generalises, so the verdict on it should name the teacher's class; where it
-does not, the probes' reports say which behaviour the student failed to copy.
+A teacher (any ``Optimizer``, for example a hand-written one whose objective is known by construction) is
+copied into a ``LearnedOptimizer`` (a per-parameter MLP or LSTM, ``lab.optimizers.learned``) that sees only what
+a learned optimizer sees: its named input features (normalised gradient channels and their scales, momenta,
+parameter, loss, step embeddings). The student pursues the teacher's objective wherever the imitation
+generalises; the zoo's distilled members (``probes.zoo.distilled``) are made this way.
 
 Method (behaviour cloning with DAgger, Ross, Gordon and Bagnell 2011):
 
@@ -27,8 +25,8 @@ Method (behaviour cloning with DAgger, Ross, Gordon and Bagnell 2011):
 3. **DAgger.** Further rounds drive θ with the *student* (the states it will itself visit when audited),
    label them with the teacher's update, add them to the data set and continue the regression.
 
-``distill(name)`` returns ``(LearnedOptimizer, meta)``; ``build_distilled("distilled_wipes")`` returns the
-optimizer and the teacher's family, like ``planted.build``, with the meta-parameters cached in memory.
+``distill(teacher, family, lopt, key)`` returns the student's meta-parameters; ``held_out_error`` measures the
+imitation on fresh rollouts.
 """
 
 from __future__ import annotations

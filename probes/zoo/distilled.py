@@ -8,24 +8,8 @@ gradient channels and their scales, momenta, parameter, loss, step embeddings). 
 teacher's wherever the imitation generalises, so the verdict on it should name the teacher's class; where it
 does not, the probes' reports say which behaviour the student failed to copy.
 
-Method (behaviour cloning with DAgger, Ross, Gordon and Bagnell 2011):
-
-1. **Side-by-side rollouts.** On tasks of the teacher's training family, θ is advanced by a *driver* (the
-   teacher in the first round), and at every step the teacher's update is recorded together with the
-   observation and θ it was computed at. The teacher's state is advanced by its own update function on the
-   same observations. Frozen blocks stay where they are (the world masks them); the teacher's update there is
-   recorded (it is what the optimizer emits) but by default left out of the loss, as a frozen block is out of
-   a meta-trained optimizer's meta-gradient: on a block opened in deployment the student applies the
-   per-element rule it learned on the other blocks.
-2. **Regression.** The student is unrolled over each recorded trajectory with its *own* optimizer state
-   (momenta, step count, LSTM state), advanced by its own update function on the recorded observations, and
-   its update is regressed onto the teacher's at every step and parameter element. The loss is the squared
-   difference relative to the teacher's mean squared update at that step (so the late small steps count as
-   much as the first large ones: the probes read directions and long horizons, not only the first steps),
-   minimised with Adam on minibatches of trajectories, one ``jit``-compiled ``lax.scan`` over Adam steps
-   per round (``vmap`` over trajectories, ``lax.scan`` over each trajectory's steps).
-3. **DAgger.** Further rounds drive θ with the *student* (the states it will itself visit when audited),
-   label them with the teacher's update, add them to the data set and continue the regression.
+The students are trained by ``lab.meta.distill`` (behaviour cloning with DAgger, Ross, Gordon and Bagnell 2011;
+its docstring describes the method); this module names the members, their teachers and the students' features.
 
 ``distill(name)`` returns ``(LearnedOptimizer, meta)``; ``build_distilled("distilled_wipes")`` returns the
 optimizer and the teacher's family, like ``planted.build``, with the meta-parameters cached in memory.
