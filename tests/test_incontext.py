@@ -159,7 +159,6 @@ def test_probes_are_registered_and_refuse_other_families():
     names = [n for n in PROBES if n.startswith("icl_")]
     assert set(names) >= {"icl_alignment", "icl_implied", "icl_fixed_point", "icl_shifts", "icl_linear_probe"}
     assert set(ICLFamily.probes) == set(names)
-    from lab import families
     from probes.zoo import planted as zoo_planted
 
     optimizer, family = zoo_planted.build("gd")

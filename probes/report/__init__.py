@@ -11,7 +11,7 @@ None of these modules imports ``probes.verdict`` at import time (only for type h
 ``probes.verdict`` imports the catalogue, and the catalogue imports ``probes.report.draw``.
 """
 
-from probes.report.draw import LABEL_COLOURS, _png, fmt, png  # noqa: F401
+from probes.report.draw import LABEL_COLOURS, fmt, png  # noqa: F401
 from probes.report.figures import (collect_traces, figure_trajectories, report_panels,  # noqa: F401
                                    report_summary, subject_traces)
 from probes.report.page import (note_html, page, panel_html, render_body, render_html, render_zoo,  # noqa: F401

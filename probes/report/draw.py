@@ -123,10 +123,3 @@ def auto_scale(ax, values: np.ndarray) -> None:
         ax.set_yscale("log")
     else:
         ax.set_yscale("symlog", linthresh=typical)
-
-
-# The names the views used before this module existed (``probes.report._png`` is imported by other modules).
-_png = png
-_finite = finite
-_quartiles = quartiles
-_auto_scale = auto_scale

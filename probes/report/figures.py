@@ -20,8 +20,7 @@ import jax
 import numpy as np
 
 from probes.report import draw
-from probes.report.draw import (BASE_COLOUR, LABEL_COLOURS, OTHER_COLOUR, PURSUED_COLOUR, auto_scale,  # noqa: F401
-                                finite, fmt, png, quartiles)
+from probes.report.draw import BASE_COLOUR, PURSUED_COLOUR, auto_scale, png, quartiles
 from probes.subject import Panel, Report
 from probes.trace import Trace, record
 
