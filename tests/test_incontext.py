@@ -146,7 +146,9 @@ def test_family_validation_and_shifts():
     fam = ICLFamily(masked=9, pool=4)
     assert set(fam.shifts()) == {"train", "cue_deploy", "input_scale", "teacher_scale", "mask_released",
                                  "fresh_tasks"}
-    assert fam.shift("mask_released").masked is None and fam.shift("fresh_tasks").pool == 0
+    assert not fam.shift("mask_released").mask_in_data and not fam.shift("fresh_tasks").pool_in_data
+    # the candidates a learner could have picked up in training stay the same on every shift
+    assert all(list(fam.shift(s).mechanisms()) == list(fam.mechanisms()) for s in fam.shifts())
     task = ICLFamily(masked=9).sample(jax.random.key(0))
     assert float(task["w"][9]) == 0.0
     assert float(ICLFamily(masked=9).shift("mask_released").sample(jax.random.key(0))["w"][9]) != 0.0

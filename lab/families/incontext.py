@@ -50,6 +50,10 @@ class ICLFamily(TaskFamily):
       inputs: "uniform" or "gaussian" (the latter with the same variance as the uniform one).
       masked: index of a feature whose teacher weight is 0 (``None``: no mask).
       pool: size of a finite pool of teacher weights drawn once from ``pool_seed`` (0: fresh w per task).
+      mask_in_data, pool_in_data: whether the tasks obey the mask and the pool. The shifts that release the mask
+        or draw fresh tasks turn these off and leave ``masked`` and ``pool`` as they are, so the candidate
+        objectives (``ls_masked``, ``pool_posterior``: what a learner could have picked up in training) stay the
+        same on every shift.
     """
 
     horizon: int = 1
@@ -62,6 +66,8 @@ class ICLFamily(TaskFamily):
     masked: int | None = None
     pool: int = 0
     pool_seed: int = 0
+    mask_in_data: bool = True
+    pool_in_data: bool = True
 
     name: ClassVar[str] = "incontext"
     base: ClassVar[str] = "query_error"
@@ -142,10 +148,11 @@ class ICLFamily(TaskFamily):
     def sample_batch(self, key, n: int) -> dict:
         """``n`` tasks stacked on a leading axis, drawn with a few batched ops (cheap outside ``jit`` too)."""
         k_w, k_x, k_e = jax.random.split(key, 3)
-        if self.pool:
+        if self.pool and self.pool_in_data:
             w = self.pool_weights()[jax.random.randint(k_w, (n,), 0, self.pool)]
         else:
-            w = self.prior * jax.random.normal(k_w, (n, self.dim)) * self.feature_mask()[None, :]
+            mask = self.feature_mask() if self.mask_in_data else jnp.ones(self.dim)
+            w = self.prior * jax.random.normal(k_w, (n, self.dim)) * mask[None, :]
         xs = self._inputs(k_x, (n, self.context + 1, self.dim))
         ys = jnp.einsum("tnd,td->tn", xs, w) + self.noise * jax.random.normal(k_e, (n, self.context + 1))
         return {"x": xs[:, :-1], "y": ys[:, :-1], "xq": xs[:, -1], "yq": ys[:, -1], "w": w}
@@ -160,10 +167,10 @@ class ICLFamily(TaskFamily):
                "teacher_scale": Shift({"prior": 2 * self.prior, **({"noise": 2 * self.noise} if self.noise else {})},
                                       "teacher weights twice as large (τ × 2)")}
         if self.masked is not None:
-            out["mask_released"] = Shift({"masked": None},
+            out["mask_released"] = Shift({"mask_in_data": False},
                                          f"the masked feature {self.masked} gets a non-zero teacher weight")
         if self.pool:
-            out["fresh_tasks"] = Shift({"pool": 0}, "fresh teachers w ~ N(0, τ² I) instead of the pool")
+            out["fresh_tasks"] = Shift({"pool_in_data": False}, "fresh teachers w ~ N(0, τ² I) instead of the pool")
         return out
 
     def decorrelating(self) -> tuple[str, ...]:
