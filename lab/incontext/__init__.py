@@ -13,8 +13,8 @@ The task family itself (``ICLFamily``: tasks, shifts, candidate inner objectives
 from lab.families.incontext import ICLFamily, ridge, ridge_name, tokens
 from lab.incontext.models import ModelSpec, apply, build, gd_lsa, stream
 from lab.incontext.references import Reference, gd1_optimum, gd_optimum, gdpp_optimum, reference_set
-from lab.incontext.train import TrainConfig, meta_train, predictions, query_loss
+from lab.incontext.train import InContextConfig, TrainConfig, load_learner, predictions, query_loss, train_run
 
 __all__ = ["ICLFamily", "ModelSpec", "Reference", "TrainConfig", "apply", "build", "gd1_optimum", "gd_lsa",
-           "gd_optimum", "gdpp_optimum", "meta_train", "predictions", "query_loss", "reference_set", "ridge", "ridge_name", "stream",
+           "gd_optimum", "gdpp_optimum", "InContextConfig", "load_learner", "train_run", "predictions", "query_loss", "reference_set", "ridge", "ridge_name", "stream",
            "tokens"]

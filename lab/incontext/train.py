@@ -86,34 +86,6 @@ def make_chunk(graphdef, family: ICLFamily, tx: optax.GradientTransformation, ba
     return chunk
 
 
-def meta_train(spec: ModelSpec, family: ICLFamily, config: TrainConfig, key: jax.Array,
-          on_eval: Callable[[Any, Any], dict] | None = None):
-    """Meta-trains a ``spec`` model on ``family``. Returns ``(graphdef, params, history)``, with history
-    ``{"step": [...], "loss": [...]}`` (the mean training loss of each chunk) plus, when ``on_eval(graphdef, params)``
-    is given, ``"eval"``: its dicts at step 0 and after every chunk (steps in ``"eval_step"``)."""
-    k_init, k_tasks = jax.random.split(key)
-    graphdef, params = build(spec, family.dim, k_init)
-    tx = optimizer(config)
-    state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-    history: dict[str, list] = {"step": [], "loss": []}
-    if on_eval is not None:
-        history["eval_step"], history["eval"] = [0], [on_eval(graphdef, params)]
-    done = 0
-    chunks: dict[int, Callable] = {}
-    while done < config.steps:
-        n = min(config.eval_every, config.steps - done)
-        if n not in chunks:
-            chunks[n] = jax.jit(make_chunk(graphdef, family, tx, config.batch, n, k_tasks))
-        state, losses = chunks[n](state)
-        done += n
-        history["step"].append(done)
-        history["loss"].append(float(jnp.mean(losses)))
-        if on_eval is not None:
-            history["eval_step"].append(done)
-            history["eval"].append(on_eval(graphdef, state.params))
-    return graphdef, state.params, history
-
-
 # -------------------------------------------------------------------------------------------------------
 # Run folders
 # -------------------------------------------------------------------------------------------------------
