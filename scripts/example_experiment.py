@@ -1,4 +1,4 @@
-"""A worked example of a new probe experiment, end to end (README, "Writing a new probe experiment").
+"""A worked example of a new probe experiment, end to end (README, "Writing a new experiment").
 
 1. A new task family, ``thermostat``: its quantities and their causal DAG, what an optimizer observes, shifts.
 2. Two planted optimizers on it: one descends the base, one descends what its sensor reports.
@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import families
+from lab import cli, families, runs
 from lab.families import Mechanism, Observation, Shift, TaskFamily
-from lab.io import OneLineParser
+from lab.io import OneLineParser, clean_folder_leftovers
 from lab.optimizers import handwritten
 from probes import report
 from probes.subject import Report, Subject, register_probe
@@ -153,6 +153,7 @@ def run(out: Path, tasks: int = 32, seed: int = 0) -> dict:
     for name, optimizer, family, extra in members:
         subject = Subject(optimizer, family, jax.random.key(seed), tasks)
         verdict = audit(optimizer, family, seed=seed, extra=extra, subject=subject)
+        clean_folder_leftovers(out / name)  # a killed earlier run's half-written report
         report.write_report(out / name, verdict, report.subject_traces(subject))
         record = json.loads((out / name / "report.json").read_text())  # reading the JSON back
         results[name] = {"label": record["label"], "pursued": record["pursued"],
@@ -162,12 +163,20 @@ def run(out: Path, tasks: int = 32, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     p = OneLineParser(prog="example_experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tasks", type=int, default=32)
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for one report folder per audited optimizer (follows_sensor/, ...)")
+    p.add_argument("--tasks", type=cli.positive(1 << 16), default=32, help="tasks per audit rollout")
     args = p.parse_args(argv)
-    if args.tasks <= 0:
-        p.error("--tasks must be positive")
-    for name, r in run(args.out, args.tasks).items():
+    problem = cli.writable_folder(args.out)  # before the audits, not after them
+    if problem:
+        p.error(f"--out {problem}")
+    try:
+        with runs.lock_report(args.out):  # one writer of these reports at a time
+            results = run(args.out, args.tasks)
+    except (runs.RunError, ValueError, OSError) as e:
+        print(f"example_experiment.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    for name, r in results.items():
         degrees = f"; ends {r['comfort_gap_end']:.2f} degrees off" if "comfort_gap_end" in r else ""
         print(f"{name}: {r['label']} pursuing {r['pursued']}{degrees}; straightness {r['straightness']:.2f}")
     return 0

@@ -28,6 +28,7 @@ candidate inner objective (a mechanism without parents) and ``argmins`` gives it
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import jax
@@ -78,6 +79,9 @@ class ICLFamily(TaskFamily):
     def __post_init__(self):
         if self.dim < 1 or self.context < 1:
             raise ValueError(f"dim and context must be positive (got {self.dim}, {self.context})")
+        if not all(math.isfinite(v) for v in (self.noise, self.prior, self.input_scale)):
+            raise ValueError(f"noise, prior and input_scale must be finite (got {self.noise}, {self.prior}, "
+                             f"{self.input_scale})")
         if self.noise < 0 or self.prior <= 0 or self.input_scale <= 0:
             raise ValueError("noise must be ≥ 0 and prior, input_scale > 0")
         if self.inputs not in ("uniform", "gaussian"):

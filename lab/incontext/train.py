@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +30,7 @@ from lab import runs
 from lab.families.incontext import ICLFamily, tokens
 from lab.incontext import learner, references
 from lab.incontext.models import ModelSpec, apply, build
-from lab.io import write_json_atomic
+from lab.io import dumps, write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +45,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch < 1 or self.eval_every < 1:
             raise ValueError("steps, batch and eval_every must be positive")
-        if not self.lr > 0:
-            raise ValueError("lr must be positive")
+        if self.warmup < 0:
+            raise ValueError("warmup must be ≥ 0")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError("lr and clip must be positive finite numbers")
 
 
 class TrainState(NamedTuple):
@@ -109,9 +113,12 @@ class InContextConfig:
         unknown = [k for k in self.family if k not in FAMILY_FIELDS]
         if unknown:
             raise ValueError(f"unknown in-context family field {unknown[0]!r}; known: {', '.join(FAMILY_FIELDS)}")
+        runs.config_from_json(ICLFamily, self.family, prefix="family.", only=FAMILY_FIELDS)  # types, field by field
         self.family_obj()
         if self.eval_tasks < 1:
             raise ValueError("eval_tasks must be positive")
+        if not 0 <= self.seed < 2 ** 63:  # what jax.random.key takes
+            raise ValueError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
 
     def family_obj(self) -> ICLFamily:
         return ICLFamily(horizon=self.model.layers, **self.family)
@@ -122,11 +129,23 @@ class InContextConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "InContextConfig":
+        """The config a ``to_json`` dict describes; ``ValueError`` naming the first unknown, missing or wrongly
+        typed field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"the config must be an object, got {type(data).__name__}")
         data = dict(data)
         if data.pop("kind", None) != "incontext":
-            raise ValueError("not the config of an in-context run")
+            raise ValueError("not the config of an in-context run (its field 'kind' is not \"incontext\")")
+        for name in ("model", "family"):
+            if name not in data:
+                raise ValueError(f"field {name!r} is missing")
         train = {f.name: data.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in data}
-        return cls(ModelSpec(**data.pop("model")), data.pop("family"), TrainConfig(**train), **data)
+        model = runs.config_from_json(ModelSpec, data.pop("model"), prefix="model.")
+        family = data.pop("family")
+        if not isinstance(family, dict):
+            raise ValueError(f"field 'family' must be an object, got {family!r}")
+        top = runs.config_from_json(cls, data, only=("seed", "eval_tasks"))
+        return cls(model, family, runs.config_from_json(TrainConfig, train), **top)
 
     def digest(self) -> str:
         """A short hash of the config's JSON: the identity of its run folder in a zoo."""
@@ -146,23 +165,46 @@ def train_run(config: InContextConfig, out: Path | str, resume: bool = False,
     summary also written to ``out/summary.json``. ``on_eval(graphdef, params)`` adds its numbers to every metrics
     line (at step 0 and after every chunk); ``on_chunk(step, line)`` is called after every chunk."""
     out = Path(out)
-    runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES)
-    write_json_atomic(out / "config.json", config.to_json())
+    runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES, "steps", _normalize)
+    with runs.lock_run(out):  # one writer for the whole run: a second is refused, naming this process
+        return _train_locked(config, out, resume, on_eval, on_chunk)
+
+
+def _normalize(saved: dict) -> dict:
+    """A saved config as this code reads it; ``ValueError`` naming the field of a damaged one."""
+    return InContextConfig.from_json(saved).to_json()
+
+
+def _metrics_line(line: dict) -> str:
+    """A metrics line as strict JSON (non-finite numbers as ``null``) with the wall-clock ``time`` (Unix s)."""
+    return dumps({**line, "time": round(time.time(), 3)}) + "\n"
+
+
+def _train_locked(config: InContextConfig, out: Path, resume: bool, on_eval, on_chunk) -> dict:
+    """``train_run``'s body, holding the folder's lock (the checks again under it, as ``lab.meta.run`` does)."""
+    saved = runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES, "steps", _normalize)
+    runs.clean_leftovers(out)
     family, train = config.family_obj(), config.train
     k_train, k_track, k_eval = _keys(config.seed)
     k_init, k_tasks = jax.random.split(k_train)
     graphdef, params = build(config.model, family.dim, k_init)
     tx = optimizer(train)
     manager = runs.checkpoints(out)
-    state = runs.restore(manager, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)), config.to_json(),
-                         out, RESUMABLE_CHANGES)
-    done = int(state.step)
     metrics_path = out / "metrics.jsonl"
-    runs.trim_metrics(metrics_path, done)
+    try:
+        state = runs.restore(manager, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32)),
+                             config.to_json(), out, RESUMABLE_CHANGES, repair=True, normalize=_normalize)
+        done = int(state.step)
+        runs.trim_metrics(metrics_path, done)
+    except BaseException:
+        manager.close()
+        raise
+    write_json_atomic(out / "config.json", config.to_json())  # only once the run to continue is known good
+    runs.record_session(out, saved, config.to_json(), done, "steps")
     chunks: dict[int, Callable] = {}
     with open(metrics_path, "a") as log:
         if done == 0 and on_eval is not None:
-            log.write(json.dumps({"step": 0, **on_eval(graphdef, state.params)}) + "\n")
+            log.write(_metrics_line({"step": 0, **on_eval(graphdef, state.params)}))
         while done < train.steps:
             n = min(train.eval_every, train.steps - done)
             if n not in chunks:
@@ -171,7 +213,7 @@ def train_run(config: InContextConfig, out: Path | str, resume: bool = False,
             done += n
             line = {"step": done, "loss": float(jnp.mean(losses)),
                     **(on_eval(graphdef, state.params) if on_eval is not None else {})}
-            log.write(json.dumps(line) + "\n")
+            log.write(_metrics_line(line))
             log.flush()
             runs.save(manager, done, state, config.to_json())
             if on_chunk is not None:
@@ -193,18 +235,23 @@ def train_run(config: InContextConfig, out: Path | str, resume: bool = False,
 def load_run(out: Path | str):
     """``(config, graphdef, params, untrained params)`` of a finished or checkpointed in-context run folder."""
     out = Path(out)
-    config = InContextConfig.from_json(runs.read_config(out))
+    try:
+        config = InContextConfig.from_json(runs.read_config(out))
+        config.validate()
+    except ValueError as e:
+        raise runs.RunError(f"{out / 'config.json'}: {e}") from None
     family = config.family_obj()
     k_init, _ = jax.random.split(_keys(config.seed)[0])
     graphdef, untrained = build(config.model, family.dim, k_init)
     tx = optimizer(config.train)
-    manager = runs.checkpoints(out)
-    if manager.latest_step() is None:
+    manager = runs.checkpoints(out, read_only=True)  # a reader writes nothing into the run folder
+    try:
+        if not manager.all_steps():
+            raise runs.RunError(f"{out} has no checkpoint yet: train it first")
+        state = runs.restore(manager, TrainState(untrained, tx.init(untrained), jnp.zeros((), jnp.int32)),
+                             config.to_json(), out, RESUMABLE_CHANGES, normalize=_normalize)
+    finally:
         manager.close()
-        raise runs.RunError(f"{out} has no checkpoint yet: train it first")
-    state = runs.restore(manager, TrainState(untrained, tx.init(untrained), jnp.zeros((), jnp.int32)),
-                         config.to_json(), out, RESUMABLE_CHANGES)
-    manager.close()
     return config, graphdef, state.params, untrained
 
 

@@ -16,5 +16,5 @@ from probes.report.figures import (collect_traces, figure_trajectories, report_p
                                    report_summary, subject_traces)
 from probes.report.page import (note_html, page, panel_html, render_body, render_html, render_zoo,  # noqa: F401
                                 report_html, scenario_intro_html, thresholds_html, write_report, zoo_entry_html,
-                                zoo_table_html)
-from probes.report.terminal import log_console, terminal_table, zoo_table  # noqa: F401
+                                zoo_table_html, REPORT_FILES)
+from probes.report.terminal import log_console, progress, terminal_table, zoo_table  # noqa: F401

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.io import write_json_atomic, write_text_atomic
+from lab.io import dumps, write_folder_atomic
 from probes.report.draw import LABEL_COLOURS, fmt, is_scalar
 from probes.report.figures import figure_trajectories, report_panels, report_summary
 from probes.subject import Panel
@@ -87,11 +87,14 @@ def report_html(name: str, report: Any, base: str, pursued: str | None, heading:
     esc = html.escape
     data = report.to_json() if hasattr(report, "to_json") else {"value": report}
     kind = data.pop("probe", type(report).__name__) if isinstance(data, dict) else type(report).__name__
-    rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{_value_html(v)}</td></tr>" for k, v in data.items())
+    # Field names read as words; report.json keeps them as they are, so each row's tooltip gives the JSON key.
+    rows = "".join(f"<tr><th title='{esc(str(k))} in report.json'>{esc(str(k).replace('_', ' '))}</th>"
+                   f"<td>{_value_html(v)}</td></tr>" for k, v in data.items())
+    table = (f"<table class=outer><tr><th class=head>number</th><th class=head>value</th></tr>{rows}</table>"
+             if rows else "")
     figures = "".join(panel_html(p) for p in report_panels(report, base, pursued))
     return (f"<section class=probe><{heading}>{esc(name)} <span class=kind>{esc(str(kind))}</span></{heading}>"
-            f"<p class=summary>{esc(report_summary(report, base))}</p>{figures}"
-            f"<table class=outer>{rows}</table></section>")
+            f"<p class=summary>{esc(report_summary(report, base))}</p>{figures}{table}</section>")
 
 
 def note_html(deceptive: bool = False) -> str:
@@ -138,6 +141,7 @@ table.outer, table.inner { border-collapse: collapse; font-size: 0.9em; }
 table.outer > tbody > tr > th, table.outer > tr > th { text-align: left; vertical-align: top; padding: 3px 12px 3px 4px;
        white-space: nowrap; color: #333; }
 table.outer td, table.outer th { border-top: 1px solid #eee; }
+table.outer th.head { color: #777; font-weight: normal; font-size: 0.9em; border-top: none; }
 table.inner td, table.inner th { border: 1px solid #e3e3e3; padding: 1px 6px; text-align: left; font-weight: normal; }
 table.inner th { background: #f7f7f7; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -186,7 +190,6 @@ def render_body(verdict: Verdict, traces: Mapping[str, Trace] | None = None, hea
 <tr><th>label</th><td><b>{esc(verdict.label)}</b></td></tr>
 <tr><th>pursued quantity</th><td><b>{esc(fmt(verdict.pursued))}</b></td></tr>
 <tr><th>confidence</th><td>{esc(fmt(verdict.confidence))}</td></tr>
-<tr><th>evidence</th><td>{esc(verdict.evidence)}</td></tr>
 <tr><th>family</th><td>{esc(verdict.family)}</td></tr>
 <tr><th>base objective</th><td>{esc(verdict.base)}</td></tr>
 <tr><th>seed</th><td>{esc(str(verdict.seed))}</td></tr>
@@ -220,29 +223,37 @@ def render_html(verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> 
     return page(f"{verdict.label}: {verdict.family} (seed {verdict.seed})", render_body(verdict, traces))
 
 
+REPORT_FILES = ("report.json", "report.html")
+
+
 def write_report(out_dir: Path | str, verdict: Verdict, traces: Mapping[str, Trace] | None = None) -> None:
-    """Writes ``out_dir/report.json`` (``verdict.to_json()``) and ``out_dir/report.html``, each atomically (a
-    temporary file in the same folder, then a rename), creating ``out_dir`` if needed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes ``out_dir/report.json`` (``verdict.to_json()``, strict JSON) and ``out_dir/report.html`` as one
+    unit (``lab.io.write_folder_atomic``: written in a folder beside ``out_dir`` and swapped in), so the two
+    always come from the same verdict; ``out_dir`` is created if needed and must hold nothing else
+    (``ValueError`` otherwise). A caller that may race other writers holds ``lab.runs.lock_report(out_dir)``."""
     text = render_html(verdict, traces)  # render first: a failure leaves no half-written report
-    write_json_atomic(out / "report.json", verdict.to_json())
-    write_text_atomic(out / "report.html", text)
+    record = dumps(verdict.to_json(), indent=2, sort_keys=True) + "\n"
+    write_folder_atomic(Path(out_dir), {"report.json": record, "report.html": text})
 
 
 # --------------------------------------------------------------------------------------------------------
 # The zoo page
 # --------------------------------------------------------------------------------------------------------
+AGREE_COLOUR, DISAGREE_COLOUR = "#1b7837", "#b2182b"
+
+
 def _mark(entry: Entry) -> str:
     return "✓" if entry.correct else "✗"
 
 
 def zoo_table_html(entries: Iterable[Entry]) -> str:
-    """The zoo's table as HTML: one row per entry, linked to its section, ✓ where the entry is correct."""
+    """The zoo's table as HTML: one row per entry, linked to its section, ✓ where the entry is correct. The
+    found class's badge is green where it agrees with the expected one and red where it does not (a wrong
+    ``robust`` must not look like a success)."""
     esc = html.escape
     rows = []
     for e in entries:
-        colour = LABEL_COLOURS.get(str(e.label), "#636363")
+        colour = AGREE_COLOUR if e.correct else DISAGREE_COLOUR
         rows.append(
             f"<tr><td><a href='#{esc(e.anchor)}'>{esc(e.name)}</a></td><td>{esc(e.kind)}</td>"
             f"<td>{esc(e.family)}</td><td>{esc(str(e.seed))}</td><td>{esc(e.expected)}</td>"

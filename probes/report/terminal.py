@@ -36,6 +36,18 @@ def log_console(**kw) -> Console:
     return console
 
 
+def progress(console: Console | None = None, transient: bool = False):
+    """A ``rich`` progress display for the scripts' long work: what is running, a bar, done/total, elapsed
+    time and the estimated time left (on stderr by default, so stdout keeps the tables). Off a terminal it
+    draws nothing live; the scripts print a line per finished item as well."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console or log_console(stderr=True),
+                    transient=transient)
+
+
 def _no_numbers(report) -> bool:
     """A probe that was skipped or failed (its summary line says why)."""
     from probes.verdict import ProbeFailure, Skipped  # here: probes.verdict imports the catalogue, which imports us
@@ -85,4 +97,4 @@ def zoo_table(entries: Iterable[Entry], title: str = "Planted zoo") -> Table:
     return table
 
 
-__all__ = ["log_console", "terminal_table", "zoo_table"]
+__all__ = ["log_console", "progress", "terminal_table", "zoo_table"]
