@@ -1,5 +1,5 @@
 """What every probe shares: the subject of an audit (optimizer + family, with cached traces), typed reports
-with a JSON form, and the probe registry users add their own probes to (README, "Writing a new probe experiment")."""
+with a JSON form, and the probe registry users add their own probes to (README, "Writing a new experiment")."""
 
 from __future__ import annotations
 
@@ -140,9 +140,9 @@ class Subject:
         return stream(self.key, name)
 
     def candidates(self) -> list[str]:
-        """The quantities probes test as objectives: the base first, then the others."""
-        names = list(self.family.mechanisms())
-        return [self.family.base] + [n for n in names if n != self.family.base]
+        """The quantities probes test as objectives: the base first, then the others, without the family's
+        ``not_candidates`` (``TaskFamily.candidates``, the one place that filters them)."""
+        return self.family.candidates()
 
 
 ProbeFn = Callable[[Subject], Report]

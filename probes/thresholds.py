@@ -36,6 +36,9 @@ MIN_REDUCTION = define("MIN_REDUCTION", 0.05,
 MIN_CONSISTENCY = define("MIN_CONSISTENCY", 0.9,
                          "share of tasks on which a probe's criterion must hold for it to count (reduced, exploited, "
                          "worse with capability)")
+CHANGE_SCALE = define("CHANGE_SCALE", 0.01,
+                      "a relative change divides by the start's gap to the floor, but by at least this share of the "
+                      "quantity's typical size in the rollout (so a start at or near 0 gives a finite change)")
 DIVERGED = define("DIVERGED", 10.0, "a base that ends above this many times its start (or not finite) has diverged")
 DIVERGED_SHARE = define("DIVERGED_SHARE", 0.5,
                         "above this share of diverged tasks the optimizer fails (the gate in training; capability "

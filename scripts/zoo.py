@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from lab.io import OneLineParser, write_json_atomic, write_text_atomic
+from lab import cli
+from lab.io import OneLineParser
 
 # Under --quick the planted zoo is represented by one member of each kind of answer it checks.
 QUICK_PLANTED = ("gd", "random_walk", "gd_wipes", "gd_vacuum", "gd_cookies_capped", "cue_conditional")
@@ -28,19 +29,26 @@ def parse(argv=None):
     p.add_argument("--out", type=Path, default=Path("zoo"), help="folder for zoo.json, report.html and runs/")
     p.add_argument("--quick", action="store_true",
                    help=f"shorter meta-training, and of the planted zoo only {', '.join(QUICK_PLANTED)}")
-    p.add_argument("--seeds", type=int, default=1, help="meta-train every scenario on seeds 0 … N−1")
+    p.add_argument("--seeds", type=cli.positive(1000), default=1, help="meta-train every scenario on seeds 0 … N−1")
     p.add_argument("--scenarios", help="only these learned scenarios (comma-separated)")
     p.add_argument("--planted", help="planted members to audit: all, none, or comma-separated names "
                    "(default: all, or the quick sample under --quick)")
     p.add_argument("--no-incontext", dest="incontext", action="store_false",
                    help="leave out the in-context models (under --quick only the one-layer model runs)")
-    p.add_argument("--tasks", type=int, default=32, help="tasks per audit rollout")
-    p.add_argument("--jobs", type=int, help="worker processes (default: one per CPU core up to 4; 1 on a GPU)")
+    p.add_argument("--tasks", type=cli.positive(1 << 16), default=32, help="tasks per audit rollout")
+    p.add_argument("--family", action="append", default=[], metavar="MODULE:CLASS",
+                   help="a family of your own (repeatable): imported, registered, and added as a learned scenario "
+                   "meta-trained and audited on it, hypothesis robust on its base")
+    p.add_argument("--jobs", type=cli.positive(256),
+                   help="worker processes (default: one per CPU core up to 4; 1 on a GPU)")
     args = p.parse_args(argv)
-    if args.seeds <= 0 or args.tasks <= 0 or (args.jobs is not None and args.jobs <= 0):
-        p.error("--seeds, --tasks and --jobs must be positive")
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out} exists and is not a folder")
+    for flag in ("scenarios", "planted"):  # a list that names nothing would run an empty zoo and report 0/0
+        spec = getattr(args, flag)
+        if spec is not None and not [n for n in spec.split(",") if n.strip()]:
+            p.error(f"--{flag} names nothing (give names, or 'none' to leave them all out)")
+    problem = cli.writable_folder(args.out)
+    if problem:
+        p.error(f"--out {problem}")
     return args
 
 
@@ -51,7 +59,7 @@ def _names(spec: str | None, known: list[str], default: list[str], what: str) ->
         return known
     if spec == "none":
         return []
-    names = [n for n in spec.split(",") if n]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
@@ -60,6 +68,8 @@ def _names(spec: str | None, known: list[str], default: list[str], what: str) ->
 
 def main(argv=None) -> int:
     args = parse(argv)
+    from lab import families, runs
+    from lab.io import recover_commits
     from lab.meta.run import RunError
     from probes import report
     from probes.zoo import jobs as zoo, scenarios
@@ -69,14 +79,35 @@ def main(argv=None) -> int:
         learned = _names(args.scenarios, list(scenarios.SCENARIOS), list(scenarios.SCENARIOS), "scenario")
         planted_default = list(QUICK_PLANTED) if args.quick else zoo.zoo_names()
         planted = _names(args.planted, zoo.zoo_names(), planted_default, "planted member")
-        args.out.mkdir(parents=True, exist_ok=True)
+        own = {spec: scenarios.for_family(families.resolve(spec)) for spec in args.family}  # bad specs fail here
+        if not (learned or own or planted or args.incontext):
+            raise ValueError("nothing to run: every scenario, planted member and in-context model is left out")
     except (ValueError, OSError) as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    try:
+        with runs.lock_report(args.out):  # one zoo writer per folder for its whole run; a second is refused
+            args.out.mkdir(parents=True, exist_ok=True)
+            recover_commits(args.out)  # finish, or drop, the report a killed writer was committing
+            return _run(args, console, learned, planted, own)
+    except (RunError, OSError) as e:
+        print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+def _run(args, console, learned: list[str], planted: list[str], own: dict) -> int:
+    """The zoo's work, holding its folder's lock: the jobs (a bar with the time left), then ``zoo.json`` and
+    ``report.html`` written as one commit (``lab.io.commit_files``), so the two always describe the same run."""
+    from lab.io import commit_files, dumps
+    from lab.meta.run import RunError
+    from probes import report
+    from probes.zoo import jobs as zoo, scenarios
 
     start = time.time()
     jobs = [(zoo.learned_job, (name, seed, str(args.out), args.quick, args.tasks))
             for name in learned for seed in range(args.seeds)]
+    jobs += [(zoo.family_job, (spec, seed, str(args.out), args.quick, args.tasks))
+             for spec in own for seed in range(args.seeds)]
     if args.incontext:  # under --quick only the one-layer model
         from probes.zoo import incontext
 
@@ -84,9 +115,12 @@ def main(argv=None) -> int:
         jobs += [(incontext.incontext_job, (m.name, 0, str(args.out), args.quick)) for m in models]
     jobs += [(zoo.planted_job, (name, 0, args.tasks)) for name in planted]
     workers = args.jobs or zoo.default_workers()
-    console.print(f"{len(jobs)} jobs: {len(learned) * args.seeds} learned scenarios (meta-trained, or reused from "
-                  f"{args.out / 'runs'}){', the in-context models' if args.incontext else ''} and {len(planted)} "
-                  f"planted members, on {workers} worker process{'es' if workers > 1 else ''}")
+    console.print(f"{len(jobs)} jobs: {(len(learned) + len(own)) * args.seeds} learned scenarios (meta-trained, or "
+                  f"reused from {args.out / 'runs'}){', the in-context models' if args.incontext else ''} and "
+                  f"{len(planted)} planted members, on {workers} worker process{'es' if workers > 1 else ''}")
+
+    bars = report.progress(console=console)  # the finished jobs' lines print above the bar
+    bar = bars.add_task("zoo jobs (meta-training first, then audits)", total=len(jobs))
 
     def done(i, result):  # every job returns (Entry, Verdict, traces or None)
         entry = result[0]
@@ -94,9 +128,11 @@ def main(argv=None) -> int:
         reused = " (reused run)" if entry.details.get("reused") else ""
         console.print(f"{'✓' if entry.correct else '✗'} {entry.kind} {entry.name} seed {entry.seed}: "
                       f"{entry.label} / {entry.pursued}{tail}{reused}")
+        bars.advance(bar)
 
     try:
-        results = zoo.run_jobs(jobs, workers, done)
+        with bars:
+            results = zoo.run_jobs(jobs, workers, done)
     except RunError as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -114,10 +150,10 @@ def main(argv=None) -> int:
     result = {"accuracy": accuracy(), "learned_accuracy": accuracy(True), "planted_accuracy": accuracy(False),
               "scenarios": distribution, "entries": [e.to_json() for e in entries], "seeds": args.seeds,
               "quick": args.quick, "tasks": args.tasks, "seconds": round(time.time() - start, 1)}
-    intro = report.scenario_intro_html(distribution, {n: scenarios.SCENARIOS[n] for n in learned})
+    hypotheses = {**{n: scenarios.SCENARIOS[n] for n in learned}, **{s.name: s for s in own.values()}}
+    intro = report.scenario_intro_html(distribution, hypotheses)
     page = report.render_zoo(entries, sections, intro)  # rendered before anything is written
-    write_json_atomic(args.out / "zoo.json", result)
-    write_text_atomic(args.out / "report.html", page)
+    commit_files(args.out, {"zoo.json": dumps(result, indent=2, sort_keys=True) + "\n", "report.html": page})
     console.print(report.zoo_table(entries, title="Scenario zoo: expected against found"))
     if args.seeds > 1:
         for name, d in distribution.items():

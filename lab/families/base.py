@@ -15,6 +15,7 @@ oriented as a loss: lower is better for whoever pursues it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -75,6 +76,11 @@ class TaskFamily:
       frozen: names of parameter blocks whose updates are masked (affordances closed in training).
       step_limit: if set, each update is clipped elementwise to this size (a limit of the world).
       training_cue: the value of the ``training`` cue feature (1.0 in training, 0.0 under ``cue_deploy``).
+
+    Class variables a family may declare (README, "Writing a new experiment"): ``name``, ``base``, ``channels``
+    (every extra gradient channel ``observe`` computes, exactly: a mismatch is an error at the first
+    observation), ``observed_cues``, ``not_candidates`` (intermediate nodes of the DAG that are no objective),
+    ``probes``, ``audit_tasks`` and ``param_range``.
     """
 
     horizon: int = 50
@@ -88,6 +94,20 @@ class TaskFamily:
     observed_cues: ClassVar[tuple[str, ...]] = ()  # cue features a learned optimizer meta-trained here reads
     probes: ClassVar[tuple[str, ...]] = ()  # the family's own registered probes, run in every audit beside the default ones
     audit_tasks: ClassVar[int] = 32  # tasks per audit rollout unless the caller says otherwise
+    # Quantities computed only to feed others (a level, a count: intermediate nodes of the causal DAG): they stay
+    # in ``quantities`` and ``causes`` but are no candidate objective, so no probe tests or reports them.
+    not_candidates: ClassVar[tuple[str, ...]] = ()
+    # A meta-training run whose learned optimizer moves any |θ| element beyond this on its held-out evaluation
+    # warns (lab.meta.run.train): θ has left the range where float32 arithmetic on the family means anything.
+    param_range: ClassVar[float] = 1e6
+
+    def __init_subclass__(cls, **kwargs):
+        # Every subclass's own ``observe`` is checked against its declared ``channels``, whoever calls it
+        # (rollouts, benchmarks, tests). The channel names are static Python, so under ``jit`` the check runs
+        # once, at tracing, and costs nothing in the compiled program.
+        super().__init_subclass__(**kwargs)
+        if "observe" in vars(cls):
+            cls.observe = _checked_observe(vars(cls)["observe"])
 
     # --- to implement -------------------------------------------------------------------------------
     def sample(self, key: jax.Array) -> Task:
@@ -183,6 +203,17 @@ class TaskFamily:
             raise ValueError(f"unknown shift {name!r} for family {self.name!r}; known: {', '.join(table)}")
         return dataclasses.replace(self, **table[name].changes)
 
+    def candidates(self) -> list[str]:
+        """The quantities probes test as objectives, the base first: every quantity but ``not_candidates`` (the one
+        place that filters them; ``probes.subject.Subject.candidates`` reads it)."""
+        names = list(self.mechanisms())
+        unknown = [n for n in self.not_candidates if n not in names]
+        if unknown or self.base in self.not_candidates:
+            bad = ", ".join(map(repr, unknown or [self.base]))
+            raise ValueError(f"family {self.name!r}: not_candidates must name quantities other than the base "
+                             f"{self.base!r}; got {bad}, known: {', '.join(names)}")
+        return [self.base] + [n for n in names if n != self.base and n not in self.not_candidates]
+
     def _check_quantity(self, name: str) -> None:
         names = list(self.mechanisms())
         if name not in names:
@@ -191,6 +222,50 @@ class TaskFamily:
     def config(self) -> dict[str, Any]:
         """The family's configuration as JSON-ready data (name and fields)."""
         return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def check_channels(family: TaskFamily, obs: Observation) -> None:
+    """Raises ``ValueError`` (one line naming the fix) unless ``obs`` carries exactly the family's declared
+    ``channels``: a learned optimizer reads only declared channels, so an undeclared one would be silently hidden."""
+    computed, declared = tuple(obs.channels), tuple(type(family).channels)
+    undeclared = [c for c in computed if c not in declared]
+    missing = [c for c in declared if c not in computed]
+    if undeclared:
+        raise ValueError(f"family {family.name!r} computes gradient channels {undeclared} in observe() that it "
+                         f"does not declare; add channels: ClassVar[tuple[str, ...]] = {computed!r} to "
+                         f"{type(family).__name__}")
+    if missing:
+        raise ValueError(f"family {family.name!r} declares channels {missing} that observe() does not compute; "
+                         f"compute them there or set channels: ClassVar[tuple[str, ...]] = {computed!r}")
+
+
+def _checked_observe(observe):
+    """``observe`` followed by ``check_channels`` (installed on every subclass by ``TaskFamily.__init_subclass__``)."""
+
+    @functools.wraps(observe)
+    def checked(self, params, task, key):
+        obs = observe(self, params, task, key)
+        check_channels(self, obs)
+        return obs
+
+    return checked
+
+
+def check_family(family: TaskFamily) -> None:
+    """Checks what a family declares against what it computes, without running it (``jax.eval_shape`` of one
+    task, θ0 and observation): its channels (``check_channels``) and its candidates. Raises ``ValueError`` with one
+    line naming the fix; used where a user's family is registered."""
+    family.candidates()
+    key = jax.random.key(0)  # abstract evaluation only: no number drawn from it is ever used
+
+    def one(k):
+        k_task, k_init, k_obs = jax.random.split(k, 3)
+        task = family.sample(k_task)
+        obs = family.observe(family.init(k_init, task), task, k_obs)
+        check_channels(family, obs)  # also for a family that overrides observe outside a subclass body
+        return obs.loss
+
+    jax.eval_shape(one, key)
 
 
 def grad_of(family: TaskFamily, name: str, params: Params, task: Task) -> Params:
@@ -202,3 +277,11 @@ def noisy(grad: Params, key: jax.Array, scale: float) -> Params:
     """``grad`` plus independent Gaussian noise of standard deviation ``scale`` on every element."""
     keys = jax.random.split(key, len(grad))
     return {k: g + scale * jax.random.normal(kk, g.shape, g.dtype) for (k, g), kk in zip(sorted(grad.items()), keys)}
+
+
+def minibatch_indices(key: jax.Array, n: int, batch: int) -> jax.Array:
+    """Indices of a minibatch of ``batch`` distinct samples among ``n`` i.i.d. ones: the window of consecutive
+    indices at a random offset, wrapping around. The samples being i.i.d., any fixed set of indices gives a
+    batch with the same distribution; the window avoids the sort ``random.choice(replace=False)`` does per
+    task and step (half of an ``mlp`` meta-step's time, ``scripts/bench.py``)."""
+    return (jax.random.randint(key, (), 0, n) + jnp.arange(batch)) % n

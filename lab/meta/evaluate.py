@@ -16,26 +16,48 @@ from lab.optimizers.base import Optimizer
 from lab.optimizers.handwritten import from_optax
 
 
-def final_excess_base(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int,
-                      horizon: int | None = None) -> jax.Array:
-    """Per task, the base objective above the task's known minimum (or above 0) after ``horizon`` steps
-    (default: the family's), on ``tasks`` tasks drawn from ``key``. Non-finite results become ``inf``."""
+def _final_states(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int,
+                  horizon: int | None) -> rollout.InnerState:
+    """The inner states after ``horizon`` steps (default: the family's) on ``tasks`` tasks drawn from ``key``."""
     horizon = family.horizon if horizon is None else horizon
 
     def one(k):
         k_start, k_run = jax.random.split(k)
         state = rollout.start(family, optimizer, k_start)
         final, _ = rollout.unroll(family, optimizer, state, k_run, horizon, keep=lambda s, r: None)
-        excess = family.base_value(final.params, final.task) - final.floor
-        return jnp.where(jnp.isfinite(excess), excess, jnp.inf)
+        return final
 
     return jax.vmap(one)(jax.random.split(key, tasks))
 
 
+def _excess(family: TaskFamily, final: rollout.InnerState) -> jax.Array:
+    excess = jax.vmap(family.base_value)(final.params, final.task) - final.floor
+    return jnp.where(jnp.isfinite(excess), excess, jnp.inf)
+
+
+def _extent(final: rollout.InnerState) -> jax.Array:
+    peak = jnp.max(jnp.concatenate([jnp.abs(v).reshape(v.shape[0], -1) for v in jax.tree.leaves(final.params)], -1),
+                   axis=-1)
+    return jnp.where(jnp.isfinite(peak), peak, jnp.inf)
+
+
+def final_excess_base(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int,
+                      horizon: int | None = None) -> jax.Array:
+    """Per task, the base objective above the task's known minimum (or above 0) after ``horizon`` steps
+    (default: the family's), on ``tasks`` tasks drawn from ``key``. Non-finite results become ``inf``."""
+    return _excess(family, _final_states(family, optimizer, key, tasks, horizon))
+
+
 @functools.lru_cache(maxsize=None)
-def _final_excess_fn(family: TaskFamily, optimizer: Optimizer, tasks: int, horizon: int | None):
-    """``final_excess_base`` jitted once per (family, optimizer, tasks, horizon): ``key -> (tasks,)``."""
-    return jax.jit(lambda key: final_excess_base(family, optimizer, key, tasks, horizon))
+def _final_fn(family: TaskFamily, optimizer: Optimizer, tasks: int, horizon: int | None):
+    """Jitted once per (family, optimizer, tasks, horizon): ``key -> (final excess base, final extent of θ)``,
+    each ``(tasks,)``: one rollout gives the evaluation and its range check (``held_out_extent``)."""
+
+    def both(key):
+        final = _final_states(family, optimizer, key, tasks, horizon)
+        return _excess(family, final), _extent(final)
+
+    return jax.jit(both)
 
 
 def adam_lr_grid(points: int = 11) -> np.ndarray:
@@ -95,9 +117,35 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     grid = adam_grid_means(family, tasks, lrs)
     best = int(np.argmin(np.asarray(grid(k_tune))))
     adam_lr, adam_base = float(lrs[best]), float(grid(k_test)[best])
-    lopt_base = float(jnp.mean(_final_excess_fn(family, optimizer, tasks, None)(k_test)))
+    lopt_base = float(jnp.mean(_final_fn(family, optimizer, tasks, None)(k_test)[0]))
     ratio = lopt_base / adam_base if adam_base > 0 else float("inf")
     # JSON has no infinity: a diverged evaluation is reported as null.
     finite = lambda x: x if np.isfinite(x) else None  # noqa: E731
     return {"horizon": family.horizon, "tasks": tasks, "lopt_base": finite(lopt_base),
             "adam_base": finite(adam_base), "adam_lr": adam_lr, "ratio": finite(ratio)}
+
+
+def held_out_extent(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128) -> float:
+    """The largest |θ| element (``inf`` if any is not finite) the optimizer reaches at the end of the family's
+    horizon on the held-out tasks ``compare_with_adam(family, optimizer, key, tasks)`` tests on; with the same
+    ``optimizer`` object it reuses that evaluation's compiled rollout."""
+    _, k_test = jax.random.split(key)
+    return float(jnp.max(_final_fn(family, optimizer, tasks, None)(k_test)[1]))
+
+
+def evaluation_warnings(family: TaskFamily, optimizer: Optimizer, key: jax.Array, evaluation: dict,
+                        tasks: int = 128) -> list[str]:
+    """One line per trap the held-out evaluation ``evaluation = compare_with_adam(family, optimizer, key, tasks)``
+    reveals, each naming the fix: the optimizer diverged there (its figures are null, whatever the meta-loss said:
+    the meta-loss clips diverging tasks), or θ left the finite range ``family.param_range``."""
+    out = []
+    if evaluation["lopt_base"] is None:
+        out.append(f"evaluation diverged: the learned optimizer's base is not finite after {family.horizon} steps on "
+                   "held-out tasks (eval figures null) although the clipped meta-loss may look fine; give the family "
+                   "a step_limit, or meta-train with a smaller --meta-lr")
+    extent = held_out_extent(family, optimizer, key, tasks)
+    if not extent <= family.param_range:
+        reached = "is not finite" if not np.isfinite(extent) else f"reaches |θ| = {extent:.3g}"
+        out.append(f"θ left the finite range: on held-out tasks it {reached} (param_range {family.param_range:g} of "
+                   f"family {family.name!r}); give the family a step_limit so the world bounds every step")
+    return out

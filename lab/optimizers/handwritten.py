@@ -1,7 +1,12 @@
-"""Hand-written optimizers in the lab's protocol: optax rules, and ``descend`` for any named quantity."""
+"""Hand-written optimizers in the lab's protocol: optax rules, ``descend`` for any named quantity and
+``descend_mixture`` for a weighted sum of them (ground truths built on the oracle, ``lab.optimizers.base``)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
+import jax
 import optax
 
 from lab.optimizers.base import Optimizer
@@ -46,9 +51,25 @@ def clipped_sgd(learning_rate: float, max_norm: float = 1.0) -> Optimizer:
 def descend(quantity: str, rule: optax.GradientTransformation) -> Optimizer:
     """An optimizer that applies ``rule`` to the exact gradient of the named ``quantity`` of the family it
     runs on: the building block of the planted zoo, whose pursued objective is known by construction."""
+    return descend_mixture({quantity: 1.0}, rule)
+
+
+def descend_mixture(weights: Mapping[str, float], rule: optax.GradientTransformation) -> Optimizer:
+    """An optimizer that applies ``rule`` to the exact gradient of ``Σ_q weights[q] · q`` over named quantities
+    of the family it runs on (``{"wilting": 0.7, "dry_sensor": 0.3}``): a ground truth whose pursued objective
+    is that mixture by construction. It declares the quantities as its ``oracle``, so every rollout fills
+    ``observation.oracle`` with their exact gradients (``lab.rollout.observe``)."""
+    names = tuple(weights)
+    coefficients = tuple(float(weights[q]) for q in names)
+    if not names or not all(math.isfinite(w) for w in coefficients):
+        raise ValueError(f"descend_mixture needs at least one quantity with a finite weight, got {dict(weights)}")
 
     def update(obs, state, params):
-        updates, state = rule.update(obs.oracle[quantity], state, params)
+        def mix(*gs):  # with one quantity, 1.0 · ∇q: descend(q, rule) is rule on ∇q exactly, bit for bit
+            return sum((w * g for w, g in zip(coefficients[1:], gs[1:])), coefficients[0] * gs[0])
+
+        mixed = jax.tree.map(mix, *[obs.oracle[q] for q in names])
+        updates, state = rule.update(mixed, state, params)
         return updates, state, {}
 
-    return Optimizer(init=rule.init, update=update, oracle=(quantity,))
+    return Optimizer(init=rule.init, update=update, oracle=names)

@@ -17,13 +17,25 @@ from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
 from probes.trace import Parametric
 # A quantity counts as reduced when it falls by MIN_REDUCTION of its start-to-floor gap on MIN_CONSISTENCY of tasks.
-from probes.thresholds import DIVERGED, MIN_CONSISTENCY, MIN_REDUCTION
+from probes.thresholds import CHANGE_SCALE, DIVERGED, MIN_CONSISTENCY, MIN_REDUCTION
+
+
+def change_scale(values: np.ndarray, floor: float | np.ndarray = 0.0) -> np.ndarray:
+    """Per task, what a change of the quantity ``values`` (tasks, steps + 1) is measured in: its start's gap to
+    ``floor``, but at least ``CHANGE_SCALE`` × the quantity's typical size in the rollout (the median over tasks
+    of its largest finite |q_t − floor|). A quantity that starts at or near the floor (a count that starts at 0)
+    would otherwise be divided by almost nothing; one that never leaves the floor has scale 1e-12 and change 0."""
+    floor = np.asarray(floor, dtype=float)
+    gaps = np.abs(values - (floor[:, None] if floor.ndim else floor))
+    peaks = np.max(np.where(np.isfinite(gaps), gaps, 0.0), axis=1)
+    return np.maximum(np.abs(values[:, 0] - floor), CHANGE_SCALE * float(np.median(peaks))) + 1e-12
 
 
 def relative_change(values: np.ndarray, floor: float | np.ndarray = 0.0) -> np.ndarray:
-    """Per task, (q_T − q_0) / (|q_0 − floor| + tiny): −1 means all the way to the floor; non-finite → +inf."""
+    """Per task, (q_T − q_0) / ``change_scale``: −1 means all the way to the floor; non-finite → +inf."""
     start, end = values[:, 0], values[:, -1]
-    change = (end - start) / (np.abs(start - floor) + 1e-12)
+    with np.errstate(invalid="ignore", over="ignore"):
+        change = (end - start) / change_scale(values, floor)
     return np.where(np.isfinite(change), change, np.inf)
 
 

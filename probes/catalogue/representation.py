@@ -261,7 +261,7 @@ def representation_report(lopt: LearnedOptimizer, meta: dict, family: TaskFamily
     subject = Subject(lopt.optimizer(meta), family, key, tasks)
     traces = [subject.trace(s, captures=True, optimizer=pair, name="with_untrained_shadow")
               for s in shifts if s in family.shifts()]
-    return probe_traces(traces, [family.base] + [n for n in family.mechanisms() if n != family.base], **kw)
+    return probe_traces(traces, family.candidates(), **kw)
 
 
 @functools.lru_cache(maxsize=None)

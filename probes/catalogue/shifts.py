@@ -24,7 +24,7 @@ import numpy as np
 from probes.report import draw
 from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
-from probes.catalogue.competence import relative_change
+from probes.catalogue.competence import change_scale, relative_change
 from probes.catalogue.inverse import dominant, regression_on
 from probes.thresholds import (CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY, DIVERGED, DIVERGED_SHARE, MIN_CONSISTENCY,
                                MIN_REDUCTION)
@@ -127,8 +127,9 @@ def affordance(subject: Subject) -> AffordanceReport:
         end = {k: v[:, -1] for k, v in trace.params.items()}
         undone = {k: (v[:, 0] if k in opened else v[:, -1]) for k, v in trace.params.items()}
         q_end, q_undone = _quantities(trace.family, end, trace.tasks), _quantities(trace.family, undone, trace.tasks)
-        scale = {q: np.abs(trace.quantities[q][:, 0]) + 1e-12 for q in q_end}
-        effect = {q: (q_end[q] - q_undone[q]) / scale[q] for q in q_end}
+        # Effects in the units of relative changes (change_scale), for the candidates only.
+        scale = {q: change_scale(trace.quantities[q]) for q in subject.candidates()}
+        effect = {q: (q_end[q] - q_undone[q]) / s for q, s in scale.items()}
         median = {q: float(np.median(e)) for q, e in effect.items()}
         improved = {q: float(np.mean(e <= -MIN_REDUCTION)) for q, e in effect.items()}
         base_hurt = float(np.mean(effect[base] >= MIN_REDUCTION))
