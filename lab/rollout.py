@@ -75,25 +75,37 @@ def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax
     Returns the final state and ``keep(state, record)`` stacked over steps, ``state`` being the state after
     the step (``keep`` filters what a long unroll stores, e.g. ``lambda state, record: record.quantities``).
 
-    ``restart_after``: a task whose step count has reached it is replaced, before the step, by a fresh task
-    drawn from the first half of that step's key split in two (the second half observes): the per-task
-    resets of truncated meta-training. The stacked output is then ``(kept, resets)`` with per-step flags.
+    ``restart_after``: a task whose step count has reached it is replaced, before the step, by a fresh task:
+    the per-task resets of truncated meta-training. A task restarts at most once every ``restart_after``
+    steps, so ``ceil(steps / restart_after)`` fresh tasks are all ``steps`` steps can need; they are drawn
+    once, before the scan, from the first half of ``key`` split in two (the second half gives the steps'
+    keys), and so outside the rematerialised step. The stacked output is then ``(kept, resets)`` with
+    per-step flags.
     ``remat`` rematerialises each step in the backward pass (``jax.checkpoint``), bounding backprop memory
     through the unroll by one step's activations per step.
     """
-
-    def body(s, k):
-        if restart_after is None:
+    if restart_after is None:
+        def body(s, k):
             s, record = step(family, optimizer, s, k)
             return s, keep(s, record)
-        k_reset, k_step = jax.random.split(k)
-        reset = s.step >= restart_after
-        fresh = start(family, optimizer, k_reset)
-        s = jax.tree.map(lambda f, o: jnp.where(reset, f, o), fresh, s)
-        s, record = step(family, optimizer, s, k_step)
-        return s, (keep(s, record), reset)
 
-    return jax.lax.scan(jax.checkpoint(body) if remat else body, state, jax.random.split(key, steps))
+        return jax.lax.scan(jax.checkpoint(body) if remat else body, state, jax.random.split(key, steps))
+
+    k_fresh, k_steps = jax.random.split(key)
+    count = -(-steps // restart_after)
+    fresh = jax.vmap(lambda k: start(family, optimizer, k))(jax.random.split(k_fresh, count))
+
+    def body_with_resets(carry, k):
+        s, used = carry
+        reset = s.step >= restart_after
+        replacement = jax.tree.map(lambda f: f[jnp.minimum(used, count - 1)], fresh)
+        s = jax.tree.map(lambda f, o: jnp.where(reset, f, o), replacement, s)
+        s, record = step(family, optimizer, s, k)
+        return (s, used + reset), (keep(s, record), reset)
+
+    body = jax.checkpoint(body_with_resets) if remat else body_with_resets
+    (state, _), out = jax.lax.scan(body, (state, jnp.zeros([], jnp.int32)), jax.random.split(k_steps, steps))
+    return state, out
 
 
 def log_excess_ratio(state: InnerState, base: jax.Array, clip: float, floor: float | None = None) -> jax.Array:

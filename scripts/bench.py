@@ -1,12 +1,27 @@
-"""Benchmark the learned optimizers against Adam and the meta-training step, all in one process.
+"""Benchmark the lab's hot paths side by side in one process, and what the machine could do.
 
     python scripts/bench.py --out bench.json
 
-Measures (1) the inner-step time of the MLP and LSTM learned optimizers over ``optax.adam`` on one ``mlp``
-family task, the two interleaved A, B, A, B after warm-up; (2) meta-training throughput of the default
-``MetaConfig`` in inner steps per second; (3) the achieved GFLOP/s of the compiled meta-step from XLA's cost
-analysis. Prints a short table; writes JSON to --out (to stdout after the table without --out). ``--quick``
-is a small configuration for tests. Bad input ends with a one-line error and exit code 2.
+Every comparison is a ratio of two things timed interleaved A, B, A, B after warm-up (shared machines are
+noisy; the load average at start and end is recorded). Measured:
+
+1. ``peak``: the machine's fp32 matmul rate (a 2048² matmul), the yardstick of every "% of peak".
+2. ``inner_step``: one step of the MLP and LSTM learned optimizers over ``optax.adam`` on an ``mlp`` family
+   task of 212 and of about 70k parameters, per call and inside a scan.
+3. ``meta_step``: the library's meta-step (``lab.meta.train.make_meta_step``) against the hand-written one of
+   the same math (``lab.meta.reference``), checked equal in meta-loss, at the default config, at 256 tasks and
+   at dimension 32; compile and steady-state times apart.
+4. ``flops``: the meta-step's floating-point work counted with every loop trip (``lab.flops.count``), checked
+   against XLA's own count of the same program with its scans written out, beside XLA's plain figure (which
+   counts a loop body once); achieved GFLOP/s and % of peak for the default config and the ``mlp`` family at
+   256 tasks.
+5. ``remat``: memory (XLA's buffer assignment) and time of rematerialised against plain backprop.
+6. ``host_sync``: fetching the metrics every meta-step against once per block (``lab.meta.run``).
+7. ``scaling``: meta-steps per second over tasks 8…512, truncation 5…40, dimension 8…128, and devices 1…4
+   (CPU devices in subprocesses, the task axis sharded as ``lab.meta.train.distribute`` does).
+
+Prints a table; writes JSON to --out (to stdout after the table without --out). ``--quick`` is a small
+configuration for the tests. It runs unchanged on a GPU. Bad input ends with a one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -18,60 +33,68 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lab.io import OneLineParser, write_json_atomic
+from lab import cli
+from lab.io import write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    rounds: int          # interleaved A/B rounds per inner-step comparison (per-call timing)
-    warmup: int          # untimed calls of each before timing
-    scan_steps: int      # updates per call in the in-scan comparison
-    scan_rounds: int     # interleaved rounds of the in-scan comparison
-    meta_steps: int      # timed meta-steps
-    meta_overrides: dict  # MetaConfig fields changed from the defaults (empty: the default config)
+    rounds: int             # interleaved A/B rounds per inner-step comparison (per-call timing)
+    warmup: int             # untimed calls of each before timing
+    scan_steps: int         # updates per call in the in-scan comparison
+    scan_rounds: int        # interleaved rounds of the in-scan comparison
+    meta_rounds: int        # interleaved rounds of each meta-step comparison
+    peak_size: int          # side of the square matmul that measures the peak
+    meta_cases: tuple       # (name, MetaConfig overrides, quadratic dimension) of the library/reference rows
+    inner_sizes: tuple      # mlp family options of the inner-step rows
+    scaling: dict           # axis -> values of the scaling rows
+    flops_unrolled: dict    # MetaConfig overrides of the case XLA counts with its scans written out
+    flops_rows: tuple       # (name, MetaConfig overrides) of the % of peak rows
+    remat_cases: tuple      # MetaConfig overrides of the remat rows
     quick: bool = False
 
 
-DEFAULT = Settings(rounds=3000, warmup=100, scan_steps=100, scan_rounds=300, meta_steps=300, meta_overrides={})
-QUICK = Settings(rounds=200, warmup=10, scan_steps=20, scan_rounds=30, meta_steps=10,
-                 meta_overrides={"tasks": 8, "truncation": 5}, quick=True)
+SMALL_MLP, LARGE_MLP = {}, {"in_dim": 64, "hidden": 1024}  # 212 and 70,660 parameters
+DEFAULT = Settings(
+    rounds=2000, warmup=50, scan_steps=100, scan_rounds=200, meta_rounds=40, peak_size=2048,
+    meta_cases=(("default", {}, 8), ("tasks 256", {"tasks": 256}, 8), ("dimension 32", {"tasks": 256}, 32)),
+    inner_sizes=(SMALL_MLP, LARGE_MLP),
+    scaling={"tasks": (8, 32, 128, 512), "truncation": (5, 10, 20, 40), "dimension": (8, 32, 128),
+             "devices": (1, 2, 4)},
+    flops_unrolled={}, flops_rows=(("default", {}), ("mlp", {"family": "mlp", "tasks": 256})),
+    remat_cases=({}, {"family": "mlp", "tasks": 256}))
+QUICK = Settings(
+    rounds=100, warmup=5, scan_steps=10, scan_rounds=10, meta_rounds=4, peak_size=256,
+    meta_cases=(("default", {"tasks": 8, "truncation": 5}, 8),), inner_sizes=(SMALL_MLP,),
+    scaling={"tasks": (4,), "devices": (2,)}, flops_unrolled={"tasks": 8, "truncation": 5},
+    flops_rows=(("default", {"tasks": 8, "truncation": 5}),), remat_cases=({"tasks": 8, "truncation": 5},),
+    quick=True)
 
 
-def parse(argv=None) -> tuple[Settings, Path | None, float | None]:
-    p = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+def parse(argv=None) -> tuple[Settings, Path | None]:
+    # No persistent compilation cache here: the benchmark times compilation.
+    p = cli.Parser(prog="bench.py", description=__doc__.split("\n\n")[0], compile_cache=False)
     p.add_argument("--out", type=Path, help="write the JSON here (default: print it after the table)")
     p.add_argument("--quick", action="store_true", help="small fast configuration (used by the tests)")
-    p.add_argument("--rounds", type=int, help=f"interleaved inner-step rounds (default {DEFAULT.rounds}, "
-                                               f"quick {QUICK.rounds})")
-    p.add_argument("--meta-steps", type=int, help=f"timed meta-steps (default {DEFAULT.meta_steps}, "
-                                                   f"quick {QUICK.meta_steps})")
-    p.add_argument("--peak-gflops", type=float,
-                   help="the machine's peak GFLOP/s, if you know it (e.g. from a datasheet); without it the "
-                        "fraction of peak is null")
+    p.add_argument("--rounds", type=cli.positive(), help=f"interleaved inner-step rounds (default {DEFAULT.rounds}, "
+                                                          f"quick {QUICK.rounds})")
+    p.add_argument("--meta-rounds", type=cli.positive(),
+                   help=f"interleaved meta-step rounds per comparison (default {DEFAULT.meta_rounds}, "
+                        f"quick {QUICK.meta_rounds})")
     args = p.parse_args(argv)
     settings = QUICK if args.quick else DEFAULT
     if args.rounds is not None:
-        if args.rounds <= 0:
-            p.error(f"--rounds must be positive, got {args.rounds}")
-        settings = dataclasses.replace(settings, rounds=args.rounds,
-                                       scan_rounds=max(1, args.rounds // 10))
-    if args.meta_steps is not None:
-        if args.meta_steps <= 0:
-            p.error(f"--meta-steps must be positive, got {args.meta_steps}")
-        settings = dataclasses.replace(settings, meta_steps=args.meta_steps)
-    if args.peak_gflops is not None and not (math.isfinite(args.peak_gflops) and args.peak_gflops > 0):
-        p.error(f"--peak-gflops must be a positive number, got {args.peak_gflops}")
-    if args.out is not None:
-        parent = args.out.parent if str(args.out.parent) else Path(".")
-        if args.out.is_dir():
-            p.error(f"--out {args.out} is a directory; give a file name")
-        if not parent.is_dir():
-            p.error(f"--out {args.out}: folder {parent} does not exist")
-    return settings, args.out, args.peak_gflops
+        settings = dataclasses.replace(settings, rounds=args.rounds, scan_rounds=max(1, args.rounds // 10))
+    if args.meta_rounds is not None:
+        settings = dataclasses.replace(settings, meta_rounds=args.meta_rounds)
+    if args.out is not None and (problem := cli.writable_file(args.out)):
+        p.error(f"--out {problem}")
+    return settings, args.out
 
 
 # --- measurements (jax is imported only after the arguments are accepted) --------------------------------
@@ -152,7 +175,7 @@ def _in_scan(update, steps: int):
     return jax.jit(run)
 
 
-def bench_inner_step(settings: Settings) -> dict:
+def bench_inner_step(settings: Settings, family_options: dict) -> dict:
     import jax
     import optax
 
@@ -160,7 +183,7 @@ def bench_inner_step(settings: Settings) -> dict:
     from lab.optimizers.handwritten import from_optax
     from lab.optimizers.learned import LearnedOptimizer
 
-    family = families.make("mlp")
+    family = families.make("mlp", **family_options)
     k_task, k_init, k_obs, k_meta = jax.random.split(jax.random.key(0), 4)
 
     @jax.jit  # one compile instead of many eager op-by-op ones
@@ -172,7 +195,7 @@ def bench_inner_step(settings: Settings) -> dict:
     params, obs = setup(k_task, k_init, k_obs)
     adam = from_optax(optax.adam(1e-3))
     adam_state = adam.init(params)
-    result = {"family": "mlp", "n_params": int(sum(v.size for v in jax.tree.leaves(params))),
+    result = {"family": "mlp", "family_options": family_options, "n_params": int(sum(v.size for v in jax.tree.leaves(params))),
               "adam": "lab.optimizers.handwritten.from_optax(optax.adam(1e-3))"}
     adam_args = (obs, adam_state, params)
     adam_step, adam_scan = jax.jit(adam.update), _in_scan(adam.update, settings.scan_steps)
@@ -194,117 +217,276 @@ def bench_inner_step(settings: Settings) -> dict:
     return result
 
 
-def _flops(compiled) -> float | None:
-    """The "flops" entry of a compiled executable's cost analysis (a dict, or a list of dicts)."""
-    cost = compiled.cost_analysis()
-    if cost is None:
-        return None
-    entries = cost if isinstance(cost, (list, tuple)) else [cost]
-    values = [e["flops"] for e in entries if isinstance(e, dict) and "flops" in e]
-    return float(sum(values)) if values else None
+def _median_ms(ts) -> float:
+    return statistics.median(ts) * 1e3
 
 
-def cost_analysis_counts_loop_trips() -> bool | None:
-    """Whether XLA's cost analysis on this backend multiplies a loop body's flops by its trip count: compares
-    a 2-trip and an 8-trip ``fori_loop`` of one matmul (XLA's HloCostAnalysis visits a while body once)."""
+def bench_peak(settings: Settings) -> dict:
+    """The fp32 matmul rate of the first device: a ``peak_size``² matmul, median and best of 20 calls."""
     import jax
     import jax.numpy as jnp
 
-    x = jnp.ones((64, 64), jnp.float32)
-
-    def flops(n):
-        f = jax.jit(lambda x: jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ x), x))
-        return _flops(f.lower(x).compile())
-
-    f2, f8 = flops(2), flops(8)
-    if not f2 or not f8:
-        return None
-    return bool(f8 / f2 > 3.0)
+    n = settings.peak_size
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    ts, _ = interleave(matmul, (a,), lambda: None, (), 3, 20)
+    flop = 2.0 * n**3
+    return {"matmul": n, "gflops_per_s": flop / statistics.median(ts) / 1e9, "best_gflops_per_s": flop / min(ts) / 1e9}
 
 
-def bench_meta(settings: Settings, peak_gflops: float | None) -> tuple[dict, dict]:
+_CASES: dict = {}
+
+
+def _meta_case(overrides: dict, dimension: int = 8):
+    """(config, family, initial state, meta-step, its compiled jit) of the default config with ``overrides``,
+    the quadratic at ``dimension``; made and compiled once per case in the run (``_compile_seconds`` keeps the
+    compile time)."""
+    key = _case_key(overrides, dimension)
+    if key not in _CASES:
+        config, family, state, step, jitted = _new_case(overrides, dimension)
+        compiled, seconds = _compile(jitted, state)
+        _CASES[key] = (config, family, state, step, compiled)
+        _COMPILE_SECONDS[key] = seconds
+    return _CASES[key]
+
+
+_COMPILE_SECONDS: dict = {}
+
+
+def _compile_seconds(overrides: dict, dimension: int = 8) -> float:
+    return _COMPILE_SECONDS[_case_key(overrides, dimension)]
+
+
+def _case_key(overrides: dict, dimension: int) -> tuple:
+    """A case's identity: the fields that differ from the default config, and the dimension."""
+    from lab.meta.train import MetaConfig
+
+    defaults = MetaConfig()
+    return tuple(sorted((k, v) for k, v in overrides.items() if getattr(defaults, k) != v)), dimension
+
+
+def _new_case(overrides: dict, dimension: int):
     import jax
 
-    from lab.meta.train import MetaConfig, distribute, init_state, make_meta_step
+    from lab import families
+    from lab.meta.train import MetaConfig, init_state, make_meta_step
 
-    config = dataclasses.replace(MetaConfig(), **settings.meta_overrides)
-    state = init_state(config)
-    state = distribute(state, config)  # as lab.meta.run.train does
-    devices = len(jax.tree.leaves(state.estimator_state)[0].sharding.device_set)
-    meta_step = jax.jit(make_meta_step(config))
+    config = dataclasses.replace(MetaConfig(), **overrides)
+    family = families.make(config.family, dim=dimension) if config.family == "quadratic" else config.family_obj()
+    step = make_meta_step(config, family)
+    return config, family, init_state(config, family), step, jax.jit(step)
+
+
+def _compile(jitted, *args) -> tuple[object, float]:
     t0 = time.perf_counter()
-    compiled = meta_step.lower(state).compile()  # the jit call below reuses this executable
-    compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
-
-    state, _ = meta_step(state)  # warm-up
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(settings.meta_steps):
-        state, metrics = meta_step(state)
-    jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - t0
-
-    per_step = seconds / settings.meta_steps
-    inner = settings.meta_steps * config.tasks * config.truncation
-    meta = {
-        "config": config.to_json(), "default_config": not settings.meta_overrides,
-        "sharded_over_devices": devices, "compile_s": compile_s, "meta_steps": settings.meta_steps,
-        "seconds": seconds, "meta_steps_per_s": settings.meta_steps / seconds,
-        "inner_steps_per_s": inner / seconds, "last_meta_loss": float(metrics["meta_loss"]),
-    }
-    counts_trips = cost_analysis_counts_loop_trips()
-    gflops = None if flops is None else flops / per_step / 1e9
-    result = {
-        "flops_per_meta_step": flops,
-        "seconds_per_meta_step": per_step,
-        "gflops_per_s": gflops,
-        "peak_gflops_per_s": peak_gflops,
-        "fraction_of_peak": None if (peak_gflops is None or gflops is None) else gflops / peak_gflops,
-        "peak_source": ("--peak-gflops (given by the user)" if peak_gflops is not None else
-                        f"unknown: not determinable on {jax.default_backend()} without guessing"),
-        "cost_analysis_counts_loop_trips": counts_trips,
-    }
-    if counts_trips is False:
-        result["note"] = ("XLA's cost analysis on this backend counts a loop body once, not once per trip, and "
-                          "the meta-step is a lax.scan over the truncation: flops_per_meta_step and gflops_per_s "
-                          "are lower bounds (transcendentals are not counted as flops either)")
-    return meta, result
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - t0
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
+def bench_against_reference(settings: Settings) -> list[dict]:
+    """Library against reference meta-step, per case: equal meta-loss over a few steps, then timed."""
+    import jax
+    import numpy as np
+
+    from lab.meta import reference
+
+    rows = []
+    for name, overrides, dimension in settings.meta_cases:
+        config, family, state, _, lib_c = _meta_case(overrides, dimension)
+        lib_compile = _compile_seconds(overrides, dimension)
+        ref = jax.jit(reference.make_reference_meta_step(config.tasks, config.truncation, family.horizon,
+                                                         dimension))
+        args = reference.from_library_state(state)
+        ref_c, ref_compile = _compile(ref, *args)
+        s, a, lib_losses, ref_losses = state, args, [], []
+        for _ in range(5):  # the same math: the same meta-losses, step after step
+            s, metrics = lib_c(s)
+            *a, loss = ref_c(*a)
+            lib_losses.append(float(metrics["meta_loss"]))
+            ref_losses.append(float(loss))
+        rel = float(np.max(np.abs(np.subtract(lib_losses, ref_losses)) / np.maximum(np.abs(ref_losses), 1e-12)))
+        t_lib, t_ref = interleave(lib_c, (s,), ref_c, tuple(a), 2, settings.meta_rounds)
+        rows.append({
+            "case": name, "tasks": config.tasks, "truncation": config.truncation, "dimension": dimension,
+            "library_ms": _median_ms(t_lib), "reference_ms": _median_ms(t_ref),
+            "ratio": statistics.median(t_lib) / statistics.median(t_ref),
+            "library_compile_s": lib_compile, "reference_compile_s": ref_compile,
+            "meta_loss_max_relative_difference": rel, "rounds": settings.meta_rounds,
+        })
+    return rows
+
+
+def bench_flops(settings: Settings, peak: dict) -> dict:
+    """Counted flops with loop trips, checked against XLA's count of the unrolled program; % of peak."""
+    import jax
+
+    from lab import flops
+
+    config, family, state, step, library = _meta_case(settings.flops_unrolled)
+    counted = flops.count(step, state)
+    plain = flops.xla_flops(library)
+    unrolled = flops.xla_unrolled(step, state)
+    check = {"config": config.to_json(), "counted": counted.flops, "xla_unrolled": unrolled, "xla_plain": plain,
+             "counted_over_xla_unrolled": None if not unrolled else counted.flops / unrolled,
+             "transcendentals": counted.transcendentals, "loops_counted_once": counted.loops_once}
+    rows = []
+    for name, overrides in settings.flops_rows:
+        config, family, state, step, compiled = _meta_case(overrides)
+        count = flops.count(step, state)
+        ts, _ = interleave(compiled, (state,), lambda: None, (), 2, settings.meta_rounds)
+        gflops = count.flops / statistics.median(ts) / 1e9
+        rows.append({"case": name, "family": config.family, "tasks": config.tasks, "truncation": config.truncation,
+                     "flops_per_meta_step": count.flops, "ms_per_meta_step": _median_ms(ts),
+                     "gflops_per_s": gflops, "percent_of_peak": 100 * gflops / peak["gflops_per_s"],
+                     "xla_plain_flops": flops.xla_flops(compiled)})
+    return {"check": check, "rows": rows, "note": (
+        "counted: dot_general as 2*out*contracted, other arithmetic one per element, every scan body times its "
+        "length (lab.flops); XLA's plain cost analysis counts a loop body once. XLA's count of the unrolled "
+        "program is higher because it also counts the integer hash of the random draws and expands some "
+        "functions (erf_inv of normal draws) into arithmetic")}
+
+
+def bench_remat(settings: Settings) -> list[dict]:
+    """Rematerialised against plain truncated backprop: XLA's temporary buffers and the steady-state time."""
+    rows = []
+    for overrides in settings.remat_cases:
+        plain_cfg, family, state, _, plain_c = _meta_case({**overrides, "remat": False})
+        *_, remat_c = _meta_case({**overrides, "remat": True})
+        t_remat, t_plain = interleave(remat_c, (state,), plain_c, (state,), 2, settings.meta_rounds)
+        mem = lambda c: c.memory_analysis().temp_size_in_bytes  # noqa: E731
+        rows.append({"family": plain_cfg.family, "tasks": plain_cfg.tasks, "truncation": plain_cfg.truncation,
+                     "temp_bytes_plain": mem(plain_c), "temp_bytes_remat": mem(remat_c),
+                     "time_remat_over_plain": statistics.median(t_remat) / statistics.median(t_plain)})
+    return rows
+
+
+def bench_host_sync(settings: Settings) -> dict:
+    """``float()`` of the metrics after every meta-step against one fetch per block of steps, A, B, A, B."""
+    import jax
+
+    from lab.meta.run import METRICS_BLOCK
+
+    *_, state, _, compiled = _meta_case(settings.meta_cases[0][1])
+    block = METRICS_BLOCK
+
+    def every_step(s):
+        for _ in range(block):
+            s, metrics = compiled(s)
+            float(metrics["meta_loss"])
+        return s
+
+    def per_block(s):
+        pending = []
+        for _ in range(block):
+            s, metrics = compiled(s)
+            pending.append(metrics)
+        jax.device_get(pending)
+        return s
+
+    t_each, t_block = interleave(every_step, (state,), per_block, (state,), 1, max(2, settings.meta_rounds // 4))
+    return {"steps": block, "every_step_over_per_block": statistics.median(t_each) / statistics.median(t_block)}
+
+
+DEVICES_CHILD = """
+import json, sys, time, statistics
+import jax
+jax.config.update("jax_num_cpu_devices", {devices})
+sys.path.insert(0, {scripts!r})
+import bench
+from lab.meta.train import MetaConfig, distribute
+config, family, state, step, _ = bench._new_case({overrides!r}, 8)
+state = distribute(state, config)
+compiled, compile_s = bench._compile(jax.jit(step), state)
+row = bench._throughput_of(compiled, state, config, {rounds}, compile_s)
+row["devices"] = jax.device_count()
+print(json.dumps(row))
+"""
+
+
+def _throughput_of(compiled, state, config, rounds: int, compile_s: float) -> dict:
+    ts, _ = interleave(compiled, (state,), lambda: None, (), 2, rounds)
+    return {"meta_steps_per_s": 1 / statistics.median(ts), "ms_per_meta_step": _median_ms(ts),
+            "inner_steps_per_s": config.tasks * config.truncation / statistics.median(ts), "compile_s": compile_s}
+
+
+def bench_scaling(settings: Settings) -> dict:
+    """Meta-steps per second along each axis from the default config (one axis changed at a time)."""
+    rounds = max(2, settings.meta_rounds // 4)
+    out = {}
+    for axis, values in settings.scaling.items():
+        rows = []
+        for value in values:
+            if axis == "devices":
+                code = DEVICES_CHILD.format(devices=value, scripts=str(Path(__file__).resolve().parent),
+                                            overrides={"tasks": 32}, rounds=rounds)
+                env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"devices={value}: {proc.stderr.strip().splitlines()[-1:]}")
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                continue
+            overrides, dimension = ({}, value) if axis == "dimension" else ({axis: value}, 8)
+            config, _, state, _, compiled = _meta_case(overrides, dimension)
+            rows.append({axis: value, **_throughput_of(compiled, state, config, rounds,
+                                                       _compile_seconds(overrides, dimension))})
+        out[axis] = rows
+    return out
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def table(r: dict) -> str:
-    m, inner, meta, fl = r["machine"], r["lopt_step_over_adam"], r["meta_training"], r["flops"]
+    m = r["machine"]
     lines = [f"machine  {m['platform']} x{m['device_count']} ({m['device_kind']}), {m['cpu_count']} cpus, "
              f"jax {m['jax_version']}, load average {_fmt(m['loadavg_1m_at_start'])} -> "
              f"{_fmt(m['loadavg_1m_at_end'])}",
-             f"inner step on one mlp task ({inner['n_params']} params), medians in us:",
-             f"  {'optimizer':<10}{'per call':>10}{'adam':>10}{'ratio':>8}   {'in scan':>9}{'adam':>9}{'ratio':>8}"]
-    for kind in ("mlp", "lstm"):
-        k, s = inner[kind], inner[kind]["in_scan"]
-        lines.append(f"  {kind:<10}{k['lopt_us']:>10.1f}{k['adam_us']:>10.1f}{k['ratio']:>8.2f}   "
-                     f"{s['lopt_us']:>9.2f}{s['adam_us']:>9.2f}{s['ratio']:>8.2f}")
-    c = meta["config"]
-    lines.append(f"meta-training ({c['family']}, {c['optimizer']}, {c['estimator']}, {c['tasks']} tasks x "
-                 f"{c['truncation']} steps): {meta['meta_steps_per_s']:.1f} meta-steps/s, "
-                 f"{meta['inner_steps_per_s']:,.0f} inner steps/s (compile {meta['compile_s']:.1f} s)")
-    gflops = "n/a" if fl["gflops_per_s"] is None else f"{fl['gflops_per_s']:.3f} GFLOP/s"
-    peak = "peak unknown" if fl["fraction_of_peak"] is None else f"{100 * fl['fraction_of_peak']:.2f}% of peak"
-    bound = " (lower bound: loop bodies counted once)" if fl["cost_analysis_counts_loop_trips"] is False else ""
-    flops = "n/a" if fl["flops_per_meta_step"] is None else f"{fl['flops_per_meta_step']:,.0f}"
-    lines.append(f"flops    {flops} per meta-step, {gflops}, {peak}{bound}")
+             f"peak     {r['peak']['gflops_per_s']:.1f} GFLOP/s fp32 ({r['peak']['matmul']}² matmul, median; "
+             f"best {r['peak']['best_gflops_per_s']:.1f})"]
+    for inner in r["inner_step"]:
+        lines.append(f"inner step on one mlp task ({inner['n_params']:,} params), medians in us:")
+        lines.append(f"  {'optimizer':<10}{'per call':>10}{'adam':>10}{'ratio':>8}   {'in scan':>9}{'adam':>9}"
+                     f"{'ratio':>8}")
+        for kind in ("mlp", "lstm"):
+            k, s = inner[kind], inner[kind]["in_scan"]
+            lines.append(f"  {kind:<10}{k['lopt_us']:>10.1f}{k['adam_us']:>10.1f}{k['ratio']:>8.2f}   "
+                         f"{s['lopt_us']:>9.2f}{s['adam_us']:>9.2f}{s['ratio']:>8.2f}")
+    lines.append("meta-step, library against the hand-written reference (ms, compile s):")
+    for row in r["meta_step"]:
+        lines.append(f"  {row['case']:<14}{row['tasks']:>5} tasks x{row['truncation']:>3}, dim {row['dimension']:>3}: "
+                     f"{row['library_ms']:8.2f} vs {row['reference_ms']:8.2f}  ratio {row['ratio']:.2f}  "
+                     f"(compile {row['library_compile_s']:.1f} / {row['reference_compile_s']:.1f}; meta-loss "
+                     f"equal to {row['meta_loss_max_relative_difference']:.0e})")
+    check = r["flops"]["check"]
+    lines.append(f"flops    counted {check['counted']:,.0f} vs XLA unrolled {_fmt(check['xla_unrolled'], ',.0f')} "
+                 f"(ratio {_fmt(check['counted_over_xla_unrolled'])}); XLA plain {_fmt(check['xla_plain'], ',.0f')}")
+    for row in r["flops"]["rows"]:
+        lines.append(f"  {row['case']:<8}{row['tasks']:>5} tasks: {row['flops_per_meta_step'] / 1e6:10.1f} MFLOP in "
+                     f"{row['ms_per_meta_step']:.2f} ms = {row['gflops_per_s']:.2f} GFLOP/s, "
+                     f"{row['percent_of_peak']:.1f}% of peak")
+    for row in r["remat"]:
+        lines.append(f"remat    {row['family']} {row['tasks']} tasks: temp {row['temp_bytes_plain'] / 2**20:.1f} MiB "
+                     f"-> {row['temp_bytes_remat'] / 2**20:.1f} MiB, time x{row['time_remat_over_plain']:.2f}")
+    lines.append(f"sync     metrics every step / per block of {r['host_sync']['steps']}: "
+                 f"x{r['host_sync']['every_step_over_per_block']:.2f}")
+    for axis, rows in r["scaling"].items():
+        cells = ", ".join(f"{row[axis]}: {row['meta_steps_per_s']:.1f}/s" for row in rows)
+        lines.append(f"scaling  {axis:<11}{cells}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    settings, out, peak = parse(argv)
+    settings, out = parse(argv)
     t0 = time.perf_counter()
-    result = {"quick": settings.quick,
-              "machine": machine(), "lopt_step_over_adam": bench_inner_step(settings)}
-    result["meta_training"], result["flops"] = bench_meta(settings, peak)
+    result = {"quick": settings.quick, "machine": machine()}
+    result["peak"] = bench_peak(settings)
+    result["inner_step"] = [bench_inner_step(settings, options) for options in settings.inner_sizes]
+    result["meta_step"] = bench_against_reference(settings)
+    result["flops"] = bench_flops(settings, result["peak"])
+    result["remat"] = bench_remat(settings)
+    result["host_sync"] = bench_host_sync(settings)
+    result["scaling"] = bench_scaling(settings)
     result["bench_seconds"] = time.perf_counter() - t0
     result["machine"]["loadavg_1m_at_end"] = _loadavg()
     print(table(result))

@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an accelerator
+# Scripts called in this process (and their zoo workers) keep the persistent cache off (see below); a test
+# that checks the cache turns it on in a process of its own.
+os.environ["MESA_LAB_COMPILE_CACHE"] = "off"
 
 import jax  # noqa: E402
 

@@ -66,3 +66,18 @@ def test_audit_with_another_seed_compiles_nothing_new(first_audit):
     assert other.seed == 1 and other.label == verdict.label == "proxy_side_effect"
     # Another seed draws other tasks: the rollouts differ while the programs are shared.
     assert other.reports["competence"].change != verdict.reports["competence"].change
+
+
+def test_second_audit_of_an_in_context_learner_compiles_nothing_new():
+    """GD++ written out as an in-context learner, with the family's own probes (their reference programs are
+    made once per family and constants, not per call)."""
+    from lab.families.incontext import ICLFamily
+    from lab.incontext.learner import gdpp
+
+    family = ICLFamily()
+    optimizer = gdpp(6.06, 0.0, family)
+    first = audit(optimizer, family, seed=0, tasks=256)
+    with counting() as counts:
+        again = audit(optimizer, family, seed=0, tasks=256)
+    assert counts == {LOWERED: 0, COMPILED: 0}
+    assert again.to_json() == first.to_json()

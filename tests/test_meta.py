@@ -53,6 +53,21 @@ def test_truncations_reset_each_task_at_the_horizon_and_offsets_are_spread(key):
         assert len(idx) >= 3 and (np.diff(idx) == 7).all()
 
 
+def test_several_resets_in_one_truncation_each_start_a_new_task(key):
+    """A horizon shorter than the truncation: every reset inside it must bring a task not seen before (the
+    fresh tasks are drawn once per truncation, as many as it can need), and a reset starts at step 1."""
+    family = families.make("quadratic", horizon=2)
+    optimizer = SMALL.optimizer(SMALL.init_meta(key))
+    state = rollout.start(family, optimizer, key)._replace(step=jnp.asarray(2, jnp.int32))  # due at once
+    _, (tasks, resets) = rollout.unroll(family, optimizer, state, jax.random.fold_in(key, 1), 7,
+                                        lambda s, record: (s.task, s.step), restart_after=2)
+    task_leaves, steps = jax.tree.leaves(tasks[0])[0], np.asarray(tasks[1])
+    assert np.asarray(resets).tolist() == [True, False, True, False, True, False, True]
+    assert steps.tolist() == [1, 2, 1, 2, 1, 2, 1]
+    starts = np.asarray(task_leaves)[np.asarray(resets)]
+    assert len({row.tobytes() for row in starts}) == 4  # four resets, four different tasks
+
+
 def test_rematerialisation_does_not_change_the_gradient(key):
     family = families.make("quadratic")
     meta = SMALL.init_meta(key)

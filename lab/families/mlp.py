@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lab.families.base import Mechanism, Observation, Shift, TaskFamily
+from lab.families.base import Mechanism, Observation, Shift, TaskFamily, minibatch_indices
 
 
 def mlp_logits(params, x):
@@ -32,7 +32,7 @@ class MLPClassification(TaskFamily):
 
     Quantities: ``val_loss`` (base, cross-entropy on ``n_val`` held-out samples), ``train_loss`` (on the
     ``n_train`` training samples) and ``weight_norm`` (½‖θ‖²). Observed: the gradient of the cross-entropy on
-    a random minibatch of ``batch`` training samples.
+    a random minibatch of ``batch`` distinct training samples.
     """
 
     in_dim: int = 8
@@ -79,7 +79,7 @@ class MLPClassification(TaskFamily):
         }
 
     def observe(self, params, task, key):
-        idx = jax.random.choice(key, self.n_train, (self.batch,), replace=False)
+        idx = minibatch_indices(key, self.n_train, self.batch)
         loss, grad = jax.value_and_grad(cross_entropy)(params, task["x_train"][idx], task["y_train"][idx])
         return Observation(grad=grad, channels={}, loss=loss, cues=self.cues())
 

@@ -10,7 +10,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lab.families.base import Mechanism, Observation, Shift, TaskFamily
+from lab.families.base import Mechanism, Observation, Shift, TaskFamily, minibatch_indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Regression(TaskFamily):
         }
 
     def observe(self, params, task, key):
-        idx = jax.random.choice(key, self.n_train, (self.batch,), replace=False)
+        idx = minibatch_indices(key, self.n_train, self.batch)
         batch = {"X": task["X"][idx], "y": task["y"][idx]}
 
         def minibatch_loss(p):

@@ -72,6 +72,18 @@ def _perturbations(key, meta, tasks, sigma):
     return z, plus, minus, unravel
 
 
+def _antithetic_unroll(trunc: Truncation, plus, minus, state_plus, state_minus, keys):
+    """The +ε and −ε unrolls of every task as one batch of twice the tasks (one program, twice the width,
+    instead of two programs one after the other); both branches of a task share its key."""
+    def both(a, b):
+        return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+    unrolled = jax.vmap(trunc.unroll)(both(plus, minus), both(state_plus, state_minus),
+                                      jnp.concatenate([keys, keys]))
+    tasks = keys.shape[0]
+    return jax.tree.map(lambda x: x[:tasks], unrolled), jax.tree.map(lambda x: x[tasks:], unrolled)
+
+
 def es(trunc: Truncation, sigma: float) -> Estimator:
     """Antithetic ES on each truncation: ``mean_i (L⁺ᵢ − L⁻ᵢ) zᵢ / 2σ`` with ``ε = σz``."""
 
@@ -79,9 +91,7 @@ def es(trunc: Truncation, sigma: float) -> Estimator:
         k_z, k_unroll = jax.random.split(key)
         keys = _task_keys(k_unroll, state)
         z, plus, minus, unravel = _perturbations(k_z, meta, keys.shape[0], sigma)
-        unroll = jax.vmap(trunc.unroll)
-        loss_p, state_p, _ = unroll(plus, state, keys)
-        loss_m, _, _ = unroll(minus, state, keys)
+        (loss_p, state_p, _), (loss_m, _, _) = _antithetic_unroll(trunc, plus, minus, state, state, keys)
         diff = jnp.mean(loss_p, axis=1) - jnp.mean(loss_m, axis=1)
         g = jnp.mean(diff[:, None] * z, axis=0) / (2 * sigma)
         return 0.5 * jnp.mean(loss_p + loss_m), unravel(g), state_p
@@ -102,9 +112,8 @@ def pes(trunc: Truncation, sigma: float) -> Estimator:
         keys = _task_keys(k_unroll, state.positive)
         z, plus, minus, unravel = _perturbations(k_z, meta, keys.shape[0], sigma)
         accumulated = state.accumulated
-        unroll = jax.vmap(trunc.unroll)
-        loss_p, state_p, resets = unroll(plus, state.positive, keys)
-        loss_m, state_m, _ = unroll(minus, state.negative, keys)
+        (loss_p, state_p, resets), (loss_m, state_m, _) = _antithetic_unroll(
+            trunc, plus, minus, state.positive, state.negative, keys)
         # A step at or after a reset in this truncation depends only on this truncation's perturbation.
         after_reset = jnp.cumsum(resets, axis=1) > 0                                    # (tasks, length)
         weight = jnp.where(after_reset[..., None], z[:, None, :], (accumulated + z)[:, None, :])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +20,7 @@ import optax
 from lab import families, sharding
 from lab.meta.estimators import Estimator, make_estimator
 from lab.meta.truncation import make_truncation
-from lab.optimizers.learned import LearnedOptimizer, default_inputs
+from lab.optimizers.learned import LearnedOptimizer, default_inputs, parse_feature
 
 ESTIMATORS = ("tbptt", "es", "pes")
 OPTIMIZERS = ("mlp", "lstm")
@@ -45,8 +46,16 @@ class MetaConfig:
     loss_floor: float | None = None  # lower clip of the per-step log ratio (None: unclipped)
     es_sigma: float = 0.01
     hidden: int = 32
+    remat: bool = False  # rematerialise each inner step in the backward pass: less memory, a second forward
     checkpoint_every: int = 100
     eval_tasks: int = 128
+    # The learned optimizer's input features (lab.optimizers.learned); None: ``default_inputs`` of the family's
+    # declared channels and observed cues. Left out of config.json when None, so default runs keep their hash.
+    features: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.features is not None and not isinstance(self.features, tuple):  # a JSON list, hashable for jit
+            object.__setattr__(self, "features", tuple(self.features))
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a one-line message for the first invalid field."""
@@ -62,23 +71,54 @@ class MetaConfig:
         for name in ("meta_lr", "grad_clip", "es_sigma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2 ** 63:  # what jax.random.key takes; beyond it, it overflows mid-run
+            raise ValueError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
+        for name in ("meta_lr", "grad_clip", "es_sigma", "loss_clip", "loss_floor"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # inf would train to NaN and still exit 0
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number, got {value}")
         if self.loss_floor is not None and not self.loss_floor < 0:
             raise ValueError(f"loss-floor must be negative (a log ratio below the start), got {self.loss_floor}")
+        if self.features is not None:
+            self._validate_features()
+
+    def _validate_features(self) -> None:
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must be a non-empty list without repeats, got {','.join(self.features)!r}")
+        family = self.family_obj()
+        for name in self.features:
+            part = parse_feature(name)
+            channel, cue = part.get("channel"), part.get("cue")
+            if channel is not None and channel not in family.channels:
+                raise ValueError(f"feature {name!r} reads channel {channel!r}, which family {self.family!r} does not "
+                                 f"declare; its channels: {', '.join(family.channels) or 'none'}")
+            if cue is not None and cue not in family.cues():
+                raise ValueError(f"feature {name!r} reads cue {cue!r}, which family {self.family!r} does not "
+                                 f"carry; its cues: {', '.join(family.cues())}")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["features"] is None:
+            del data["features"]  # the default: config.json (and the zoo's config hash) as before the field
+        else:
+            data["features"] = list(data["features"])
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> MetaConfig:
-        return cls(**data)
+        """The config a ``to_json`` dict describes; ``ValueError`` naming the first unknown or wrongly typed
+        field (fields missing from an older config take their defaults)."""
+        from lab.runs import config_from_json  # here: lab.runs imports orbax, which plain configs do not need
+
+        return config_from_json(cls, data)
 
     def family_obj(self) -> families.TaskFamily:
         return families.make(self.family)
 
     def learned_optimizer(self) -> LearnedOptimizer:
         family = self.family_obj()
-        return LearnedOptimizer(kind=self.optimizer, inputs=default_inputs(family.channels, family.observed_cues),
-                                hidden=self.hidden)
+        inputs = default_inputs(family.channels, family.observed_cues) if self.features is None else self.features
+        return LearnedOptimizer(kind=self.optimizer, inputs=inputs, hidden=self.hidden)
 
 
 class MetaState(NamedTuple):
@@ -99,18 +139,22 @@ def outer_optimizer(config: MetaConfig) -> optax.GradientTransformation:
         max_consecutive_errors=1_000_000)
 
 
-def build(config: MetaConfig) -> tuple[LearnedOptimizer, Estimator, optax.GradientTransformation]:
-    """The learned optimizer, the estimator and the outer optimizer a config describes."""
-    family = config.family_obj()
+def build(config: MetaConfig, family: families.TaskFamily | None = None
+          ) -> tuple[LearnedOptimizer, Estimator, optax.GradientTransformation]:
+    """The learned optimizer, the estimator and the outer optimizer a config describes. ``family``, if given,
+    replaces the config's (the same family with other settings, as the benchmark's scaling rows use; a run
+    folder records only the config, so ``lab.meta.run.train`` never passes one)."""
+    family = config.family_obj() if family is None else family
     lopt = config.learned_optimizer()
-    trunc = make_truncation(family, lopt, config.truncation, config.loss_clip, loss_floor=config.loss_floor)
+    trunc = make_truncation(family, lopt, config.truncation, config.loss_clip, remat=config.remat,
+                            loss_floor=config.loss_floor)
     return lopt, make_estimator(config.estimator, trunc, config.es_sigma), outer_optimizer(config)
 
 
-@functools.partial(jax.jit, static_argnums=0)  # one compile instead of hundreds of small eager ops
-def init_state(config: MetaConfig) -> MetaState:
-    """The meta-state at step 0, fully determined by ``config.seed``."""
-    lopt, estimator, outer = build(config)
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one compile instead of hundreds of small eager ops
+def init_state(config: MetaConfig, family: families.TaskFamily | None = None) -> MetaState:
+    """The meta-state at step 0, fully determined by ``config.seed`` (``family`` as in ``build``)."""
+    lopt, estimator, outer = build(config, family)
     k_meta, k_est, k_run = jax.random.split(jax.random.key(config.seed), 3)
     meta = lopt.init_meta(k_meta)
     return MetaState(meta, outer.init(meta), estimator.init(k_est, config.tasks, meta),
@@ -127,9 +171,10 @@ def distribute(state: MetaState, config: MetaConfig) -> MetaState:
     return state._replace(estimator_state=sharding.shard_tasks(state.estimator_state, mesh))
 
 
-def make_meta_step(config: MetaConfig):
-    """``meta_step(state) -> (state, metrics)``: one estimate, one outer update. Not jitted: jit it once."""
-    _, estimator, outer = build(config)
+def make_meta_step(config: MetaConfig, family: families.TaskFamily | None = None):
+    """``meta_step(state) -> (state, metrics)``: one estimate, one outer update. Not jitted: jit it once.
+    ``family`` as in ``build``."""
+    _, estimator, outer = build(config, family)
 
     def meta_step(state: MetaState):
         key, k_grad = jax.random.split(jax.random.wrap_key_data(state.key))

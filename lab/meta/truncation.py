@@ -28,14 +28,16 @@ class Truncation(NamedTuple):
 
 
 def make_truncation(family: TaskFamily, lopt: LearnedOptimizer, length: int, loss_clip: float,
-                    remat: bool = True, loss_floor: float | None = None) -> Truncation:
+                    remat: bool = False, loss_floor: float | None = None) -> Truncation:
     """Truncations of ``length`` steps of the learned optimizer ``lopt`` on ``family``.
 
     The per-step meta-loss is ``rollout.log_excess_ratio`` of the base objective after the step, clipped to
     [``loss_floor``, ``loss_clip``]. ``init``
     starts each task at a random step offset in [0, horizon) so that resets are spread over time and the
     truncations of different tasks are not synchronised. ``remat`` rematerialises each step in the backward
-    pass (``jax.checkpoint``), bounding truncated-backprop memory by one step's activations per step.
+    pass (``jax.checkpoint``), bounding truncated-backprop memory by one step's activations per step at the
+    price of a second forward pass (``scripts/bench.py`` measures both). Fresh tasks for the resets are drawn
+    once per truncation, outside the differentiated step (``rollout.unroll``).
     """
     horizon = family.horizon
 

@@ -85,11 +85,17 @@ def model_view(subject: Subject, shift: str = "train") -> tuple[dict, np.ndarray
     return trace.tasks, w, np.sum(w * np.asarray(trace.tasks["xq"], np.float64), axis=1)
 
 
+def _batched(fn: Callable, **constants) -> Callable:
+    """``jax.jit(jax.vmap(fn(task, **constants)))``, one per function and constants: subjects of one family
+    share the references' compilations (``reference_set`` is cached per family, so its functions are the same
+    objects, and the constants passed here are the family's optimal step sizes and λ, the same numbers each
+    time). A ``functools.partial`` made per call would be a new function each time and compile again."""
+    return _batched_program(fn, tuple(sorted(constants.items())))
+
+
 @functools.lru_cache(maxsize=256)
-def _batched(fn: Callable) -> Callable:
-    """``jax.jit(jax.vmap(fn))``, one per function: subjects of one family share the references' compilations
-    (``reference_set`` is cached per family, so its functions are the same objects)."""
-    return jax.jit(jax.vmap(fn))
+def _batched_program(fn: Callable, constants: tuple) -> Callable:
+    return jax.jit(jax.vmap(functools.partial(fn, **dict(constants))))
 
 
 def reference_weights(family: ICLFamily, name: str, tasks: dict, layers: int) -> np.ndarray:
@@ -291,7 +297,7 @@ def icl_implied(subject: Subject) -> ImpliedReport:
         (pe, pg), rms = min(fits, key=lambda f: f[1])
         gdpp, gdpp_opt = {"eta": float(pe), "gamma": float(pg), "rms": rms}, {"eta": e_opt, "gamma": g_opt}
     lam, lam_rms = fit_ridge_lambda(tasks, y)
-    w_gd1 = _batched(functools.partial(icl_refs.gd_weights, etas=(eta_opt,)))(tasks)
+    w_gd1 = _batched(icl_refs.gd_weights, etas=(float(eta_opt),))(tasks)
     lam_gd1, _ = fit_ridge_lambda(tasks, np.asarray(jnp.sum(w_gd1 * xq, 1)))
     return ImpliedReport(eta, eta_rms, float(eta_opt), gd_steps, gdpp, gdpp_opt, lam, lam_rms, fam.bayes_lambda,
                          lam_gd1)
@@ -439,7 +445,7 @@ def icl_shifts(subject: Subject) -> ShiftsReport:
         losses = {n: base_loss(np.sum(np.asarray(_batched(r.weights)(tasks)) * xq, 1), tasks)
                   for n, r in _attainable(fam, family.horizon).items()}
         best = min(losses, key=losses.get)
-        w_bayes = np.asarray(_batched(functools.partial(icl_refs.ridge_weights, lam=fam.bayes_lambda))(tasks))
+        w_bayes = np.asarray(_batched(icl_refs.ridge_weights, lam=fam.bayes_lambda)(tasks))
         loss = base_loss(y_m, tasks)
         out[shift] = ShiftOutcome(loss, best, losses[best], base_loss(np.sum(w_bayes * xq, 1), tasks),
                                   base_loss(np.zeros_like(y_m), tasks), bool(loss > LOSES * losses[best]))
@@ -474,7 +480,7 @@ def _probe_targets(family: ICLFamily, tasks: dict) -> dict[str, tuple[str, np.nd
         algos["gdpp"] = icl_refs.gdpp_optimum(fam, k)[0]
     out = {}
     for algo, (eta, gamma) in algos.items():
-        weights, residuals = _batched(functools.partial(icl_refs.gdpp_trace, eta=eta, gamma=gamma, steps=k))(tasks)
+        weights, residuals = _batched(icl_refs.gdpp_trace, eta=float(eta), gamma=float(gamma), steps=k)(tasks)
         for step in range(k):
             out[f"{algo}_step{step + 1}_prediction"] = ("query", np.asarray(jnp.sum(weights[step] * tasks["xq"], 1)))
             out[f"{algo}_step{step + 1}_residual"] = ("context", np.asarray(residuals[step]))

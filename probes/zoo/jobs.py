@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from lab import compile_cache
 from probes.zoo import distilled, planted
 from probes.zoo.entry import Entry
 from probes.verdict import Verdict, audit
@@ -70,6 +71,20 @@ def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int = 32,
+               figures: bool = True) -> tuple[Entry, Verdict, dict | None]:
+    """``learned_job`` for a family of the user's, ``spec`` as ``zoo.py --family`` takes it (``MODULE:CLASS``):
+    the family is imported and registered here, so a spawned worker process knows it too; its scenario is
+    ``scenarios.for_family``."""
+    from lab import families
+    from probes.zoo import scenarios
+    from probes.report import subject_traces
+
+    scenario = scenarios.for_family(families.resolve(spec))
+    entry, verdict, subject = scenarios.audit_scenario(scenario, seed, root, quick, tasks)
+    return entry, verdict, (subject_traces(subject) if figures else None)
+
+
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
              on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Runs ``fn(*args)`` for every ``(fn, args)`` in ``jobs`` and returns the results in the jobs' order;
@@ -82,7 +97,8 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
             if on_done is not None:
                 on_done(i, results[i])
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=compile_cache.inherit) as pool:
         futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
         for future in as_completed(futures):
             i = futures[future]
