@@ -8,6 +8,7 @@ newest checkpoint in OUT. Bad input ends with a one-line error and exit code 2, 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -42,9 +43,9 @@ def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:
                    help="held-out tasks of the final evaluation against tuned Adam")
     p.add_argument("--features", help="the learned optimizer's input features, comma-separated (e.g. "
                    "grad,mom0.9,grad:wipes,param,loss,step10); default: the family's default set")
-    p.add_argument("--remat", action="store_true",
-                   help="rematerialise each inner step in the backward pass: less memory for a second forward pass "
-                        "(scripts/bench.py measures both; worth it for large tasks or long truncations)")
+    p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=defaults.remat,
+                   help="rematerialise each inner step in the backward pass (a second forward pass for a quarter of "
+                        "the memory; scripts/bench.py measures both)")
     p.add_argument("--out", type=Path, required=True, help="run folder (must be empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

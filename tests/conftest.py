@@ -1,18 +1,28 @@
 """Test set-up: four fake CPU devices (for the sharding tests) before JAX initialises any backend."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an accelerator
-# Scripts called in this process (and their zoo workers) keep the persistent cache off (see below); a test
-# that checks the cache turns it on in a process of its own.
-os.environ["MESA_LAB_COMPILE_CACHE"] = "off"
+# Scripts run in child processes (as a user runs them) share one persistent compilation cache for the session,
+# as a user's commands share theirs: the same programs are not compiled again in every child. This process
+# itself never turns it on (see below), also when a test calls a script's main() in it.
+os.environ["MESA_LAB_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mesa-lab-test-compile-cache-")
+atexit.register(shutil.rmtree, os.environ["MESA_LAB_COMPILE_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
-# No persistent compilation cache: writing one executable of this suite to it crashed the process (a
-# segmentation fault inside XLA's executable serialisation, jax 0.10.2 on CPU); the lab's own cached factories
-# already make repeated programs within a session compile once.
+
+from lab import compile_cache  # noqa: E402
+
+# No persistent compilation cache in this process, even when a test calls a script's main() here: writing one
+# executable of this suite (four fake devices, hundreds of programs) to it crashed the process (a segmentation
+# fault inside XLA's executable serialisation, jax 0.10.2 on CPU); the lab's own cached factories already make
+# repeated programs within this process compile once.
+compile_cache.enable = lambda setting=None: None
 jax.config.update("jax_numpy_rank_promotion", "raise")  # catch silent broadcasting
 
 import pytest  # noqa: E402

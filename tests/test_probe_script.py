@@ -62,6 +62,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # 75 s; the README's second worked example runs by default (tests/test_extension.py)
 def test_the_worked_example_runs_and_finds_the_sensor_proxy(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

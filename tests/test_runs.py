@@ -70,7 +70,7 @@ def test_same_seed_and_config_give_the_same_numbers(tmp_path):
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+@pytest.mark.parametrize("estimator", ["tbptt", pytest.param("pes", marks=pytest.mark.slow)])  # PES carries more state
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, estimator):
     config = dataclasses.replace(TINY, estimator=estimator)
     whole = train(config, tmp_path / "whole")

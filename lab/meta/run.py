@@ -5,8 +5,6 @@ when the newest is damaged), and loading a run's meta-parameters back without wr
 from __future__ import annotations
 
 import functools
-import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +14,7 @@ import jax
 import numpy as np
 
 from lab import runs
-from lab.io import write_json_atomic
+from lab.io import dumps, write_json_atomic
 from lab.meta.evaluate import compare_with_adam, evaluation_warnings
 from lab.meta.train import MetaConfig, MetaState, build, distribute, init_state, make_meta_step, meta_params_sha256
 from lab.runs import RunError  # noqa: F401  (callers catch it from here)
@@ -72,18 +70,13 @@ def _compiled_meta_step(config: MetaConfig):
     return jax.jit(make_meta_step(config))
 
 
-def _finite_or_none(value: float | int) -> float | int | None:
-    """A metric as a JSON number, or ``None`` (JSON ``null``) if it is not finite: strict JSON has no NaN."""
-    return value if math.isfinite(value) else None
-
-
 def train(config: MetaConfig, out: Path | str, resume: bool = False,
           on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Meta-trains ``config`` into the run folder ``out`` (continuing its newest checkpoint if ``resume``),
     evaluates the result against tuned Adam and returns the summary that is also written to
     ``out/summary.json``. ``on_step(step, metrics)`` is called for every meta-step when its
-    metrics reach the host, in blocks of ``METRICS_BLOCK`` steps (for progress bars); ``metrics.jsonl`` gets one line per step with the wall-clock
-    ``time`` (Unix seconds) at which its block was fetched."""
+    metrics reach the host, in blocks of ``METRICS_BLOCK`` steps (for progress bars); ``metrics.jsonl`` gets
+    one line per step with the wall-clock ``time`` (Unix seconds) at which its block was fetched."""
     out = Path(out)
     prepare(config, out, resume)  # a refused request touches nothing, not even the lock
     with runs.lock_run(out):  # one writer for the whole run: a second is refused, naming this process
@@ -119,7 +112,7 @@ def _train_locked(config: MetaConfig, out: Path, resume: bool, on_step: Callable
             now = time.time()
             for (step, _), metrics in zip(pending, fetched):
                 record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "time": now}
-                log.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n")
+                log.write(dumps(record) + "\n")  # strict JSON: a non-finite metric is null
                 if on_step is not None:
                     on_step(step, record)
             log.flush()
