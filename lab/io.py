@@ -149,12 +149,7 @@ def write_folder_atomic(folder: Path | str, files: Mapping[str, str | bytes], ex
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        for name, content in files.items():
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(stage / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())  # on disk before the swap makes it the report
+        _write_synced(stage, files)  # on disk before the swap makes it the report
         if not folder.exists():
             os.rename(stage, folder)
         elif exchange and _exchange(stage, folder):
@@ -168,6 +163,16 @@ def write_folder_atomic(folder: Path | str, files: Mapping[str, str | bytes], ex
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _write_synced(folder: Path, files: Mapping[str, str | bytes]) -> None:
+    """Writes ``files`` (name → text or bytes) into ``folder``, each flushed to disk."""
+    for name, content in files.items():
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with open(folder / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -205,12 +210,7 @@ def commit_files(folder: Path | str, files: Mapping[str, str | bytes]) -> None:
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        for name, content in files.items():
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(stage / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
+        _write_synced(stage, files)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

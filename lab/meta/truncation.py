@@ -28,7 +28,7 @@ class Truncation(NamedTuple):
 
 
 def make_truncation(family: TaskFamily, lopt: LearnedOptimizer, length: int, loss_clip: float,
-                    remat: bool = False, loss_floor: float | None = None) -> Truncation:
+                    remat: bool = True, loss_floor: float | None = None) -> Truncation:
     """Truncations of ``length`` steps of the learned optimizer ``lopt`` on ``family``.
 
     The per-step meta-loss is ``rollout.log_excess_ratio`` of the base objective after the step, clipped to
