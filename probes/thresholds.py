@@ -93,3 +93,30 @@ ICL_REPRESENTED_R2 = define("ICL_REPRESENTED_R2", 0.9,
                             "decodes it with at least this R²")
 ICL_REPRESENTED_GAP = define("ICL_REPRESENTED_GAP", 0.2,
                              "... and beats every control (inputs, untrained network, shuffled targets) by this")
+# The recovered objective (probes.catalogue.objective).
+UNNAMED_NEEDED = define("UNNAMED_NEEDED", 0.02,
+                        "objective: the unnamed part is kept only when it explains at least this share of the "
+                        "explained update that the named candidates alone cannot")
+UNNAMED_ROBUST = define("UNNAMED_ROBUST", 0.1,
+                        "objective: robust needs the unnamed part's share of the explained update below this")
+UNNAMED_PROXY = define("UNNAMED_PROXY", 0.3,
+                       "objective: an unnamed part carrying at least this share is a pursued objective of its own "
+                       "(a proxy), whether or not it has a minimum of its own")
+OWN_MINIMUM = define("OWN_MINIMUM", 0.25,
+                     "objective: the unnamed part has a minimum of its own when its curvature carries at least this "
+                     "share of its gradient")
+REACHED = define("REACHED", 0.25,
+                 "objective: an optimizer no named candidate explains pursues its recovered objective only if its end "
+                 "points lie within this share of the distance travelled from that objective's minimiser")
+MIN_SEPARATION = define("MIN_SEPARATION", 0.1,
+                        "objective: a recovered minimum is elsewhere than the base's when it lies further from it "
+                        "than this share of the distance the optimizer travelled")
+# The mechanisms inside an optimizer (probes.catalogue.dynamics).
+DYNAMICS_MODE_SHARE = define("DYNAMICS_MODE_SHARE", 0.01,
+                             "dynamics: a mode of the state update counts as a timescale when it carries at least "
+                             "this share of the summed weights in the step's steady response to the gradient")
+DYNAMICS_LINEAR_SLOPE = define("DYNAMICS_LINEAR_SLOPE", 0.5,
+                               "dynamics: a step responds linearly to small gradients when its log-log slope against "
+                               "the gradient norm over the sweep's bottom two decades is at least this ...")
+DYNAMICS_SATURATED_SLOPE = define("DYNAMICS_SATURATED_SLOPE", 0.25,
+                                  "... and it clips when that slope over the top two decades is at most this")

@@ -22,7 +22,7 @@ from probes.zoo.jobs import audit_planted
 
 # One member per mechanism the verdict uses; the whole zoo over several seeds is the slow test below.
 FAST = ["gd_wipes", "gd_vacuum", "gd_cookies_capped", "cue_conditional", "pull", "perturbed", "random_walk",
-        "diverges_off", "adam"]
+        "diverges_off", "adam", "gd_hidden_quadratic"]
 
 
 @pytest.mark.parametrize("name", FAST)

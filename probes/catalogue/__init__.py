@@ -3,6 +3,8 @@
 
 - ``competence``: the competence gate against tuned Adam.
 - ``inverse``: inverse optimisation (gradient regression, drift, fixed point, implied ridge).
+- ``objective``: the recovered objective: named candidates plus an unnamed quadratic part, fitted to update
+  directions and end points with the optimizer's momentum and preconditioner as nuisances.
 - ``shifts``: decorrelation, affordances, the capability sweep and cue counterfactuals.
 - ``field``: the curl of the update field.
 - ``representation``: linear probes on named captures.
@@ -10,4 +12,4 @@
   the fixed point, shifts against the best learner of its class, linear probes on the residual stream).
 """
 
-from probes.catalogue import competence, field, incontext, inverse, representation, shifts  # noqa: F401
+from probes.catalogue import competence, field, incontext, inverse, objective, representation, shifts  # noqa: F401

@@ -50,6 +50,27 @@ def _fit(targets: np.ndarray, design: np.ndarray):
     return w, (1.0 - np.sum(resid**2) / total) if total > 0 else float("nan")
 
 
+def named_aliases(g: np.ndarray, candidates: list[str]) -> tuple[list[int], dict[str, str | None]]:
+    """Which candidates a fit can tell apart, from their gradients ``g`` (rows, P, K) on the movable blocks:
+    ``(kept indices, aliases)``. A candidate whose gradient is zero on (almost) every row, or parallel to an
+    earlier kept candidate's on every row, cannot be told apart from it by any update: it is an alias
+    (``None``: zero gradient; else the kept candidate's name) and is left out of the fit."""
+    unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-30)
+    norms = np.linalg.norm(g, axis=1)                                                    # (rows, K)
+    kept, aliases = [], {}
+    for k, q in enumerate(candidates):
+        if np.mean(norms[:, k] < 1e-9 * np.maximum(norms.max(axis=1), 1e-30)) > 0.99:
+            aliases[q] = None
+            continue
+        twin = next((j for j in kept if np.all(np.abs(np.einsum("rp,rp->r", unit[:, :, k], unit[:, :, j])) > 0.999)),
+                    None)
+        if twin is None:
+            kept.append(k)
+        else:
+            aliases[q] = candidates[twin]
+    return kept, aliases
+
+
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps,
     each (task, step) weighted by 1/‖update‖ so every step counts alike. Returns weights normalised to
@@ -63,21 +84,7 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     scale = np.linalg.norm(u, axis=-1, keepdims=True)
     ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
     u, g = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12)
-    # Candidates whose gradient is zero on the movable blocks, or parallel to an earlier candidate's on every
-    # row, cannot be told apart from it by any update: they are reported as aliases and left out of the fit.
-    unit = g[ok] / np.maximum(np.linalg.norm(g[ok], axis=1, keepdims=True), 1e-30)        # (rows, P, K)
-    norms = np.linalg.norm(g[ok], axis=1)                                                # (rows, K)
-    kept, aliases = [], {}
-    for k, q in enumerate(candidates):
-        if np.mean(norms[:, k] < 1e-9 * np.maximum(norms.max(axis=1), 1e-30)) > 0.99:
-            aliases[q] = None
-            continue
-        twin = next((j for j in kept if np.all(np.abs(np.einsum("rp,rp->r", unit[:, :, k], unit[:, :, j])) > 0.999)),
-                    None)
-        if twin is None:
-            kept.append(k)
-        else:
-            aliases[q] = candidates[twin]
+    kept, aliases = named_aliases(g[ok], candidates)
     candidates = [candidates[k] for k in kept]
     g = g[..., kept]
 
@@ -98,7 +105,7 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
         wb, _ = fit(rng.integers(0, n, n))
         boots.append(wb / max(np.sum(np.abs(wb)), 1e-12))
     boots = np.array(boots)
-    gn = unit[..., kept]
+    gn = g[ok] / np.maximum(np.linalg.norm(g[ok], axis=1, keepdims=True), 1e-30)   # unit columns (rows, P, K)
     gram = np.einsum("rpk,rpl->kl", gn, gn) / max(len(gn), 1)
     eig = np.linalg.eigvalsh(gram) if len(gn) else np.array([np.nan])
     condition = float(eig[-1] / eig[0]) if eig[0] > 0 else float("inf")
