@@ -64,17 +64,23 @@ UNBOUNDED = 100.0       # a minimiser further than this × the distance travelle
 
 
 class Layout:
-    """Where the coefficients of a fit live: ``[named K | curvature P | tilt P]`` over the movable blocks
-    (frozen blocks are no part of what an optimizer can pursue); ``named`` are the kept candidates."""
+    """Where the coefficients of a fit live: ``[named K | curvature P | tilt P]`` over the blocks the optimizer
+    can move on at least one of the traces (a block frozen everywhere is no part of what it can pursue);
+    ``named`` are the kept candidates."""
 
-    def __init__(self, trace: Trace, named: list[str], aliases: dict[str, str | None]):
-        fam = trace.family
+    def __init__(self, traces: list[Trace], named: list[str], aliases: dict[str, str | None]):
         self.named, self.aliases = list(named), dict(aliases)
-        self.blocks = [k for k in sorted(trace.params) if k not in fam.frozen]
-        self.shapes = {k: trace.params[k].shape[2:] for k in self.blocks}
+        first = traces[0]
+        self.blocks = [k for k in sorted(first.params) if any(k not in t.family.frozen for t in traces)]
+        self.shapes = {k: first.params[k].shape[2:] for k in self.blocks}
         self.sizes = [int(np.prod(self.shapes[k])) for k in self.blocks]
         self.block_of = np.repeat(np.arange(len(self.blocks)), self.sizes)  # (P,)
         self.K, self.P = len(named), int(sum(self.sizes))
+
+    def movable(self, trace: Trace) -> np.ndarray:
+        """1 on the elements ``trace``'s family lets the optimizer move, 0 on its frozen blocks, (P,)."""
+        return np.concatenate([np.full(n, 0.0 if b in trace.family.frozen else 1.0)
+                               for b, n in zip(self.blocks, self.sizes)])
 
     def flat(self, tree: dict, lead: int) -> np.ndarray:
         return np.concatenate([np.asarray(tree[k]).reshape(np.asarray(tree[k]).shape[:lead] + (-1,))
@@ -151,33 +157,43 @@ def _gradient(phi, Z, theta, lay: Layout):
 
 
 class _Design(NamedTuple):
+    """One trace's data for the fit (its frozen elements zeroed, ``mask``)."""
+
     Z: np.ndarray          # named gradients along the path, (R, T, P, K)
     theta: np.ndarray      # θ_t, (R, T, P)
     Z_end: np.ndarray      # at the end point, (R, 1, P, K)
     theta_end: np.ndarray  # (R, 1, P)
     update: np.ndarray     # (R, T, P)
     ends_ok: np.ndarray    # tasks whose end point is finite, (R,)
+    mask: np.ndarray       # (P,)
 
 
-def _design(trace: Trace, named: list[str]) -> tuple[_Design, Layout]:
-    """The fit's data from a trace, with aliased candidates left out (``named_aliases``)."""
-    fam = trace.family
-    params = {k: v[:, :-1] for k, v in trace.params.items()}
-    ends = {k: v[:, -1:] for k, v in trace.params.items()}
-    lay = Layout(trace, named, {})
-    grads = quantity_gradients(fam, named, params, trace.tasks)
-    Z = np.stack([lay.flat(grads[q], 2) for q in named], -1)
-    rows = np.all(np.isfinite(Z), (-1, -2))
-    kept, aliases = named_aliases(Z[rows], named)
+def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layout]:
+    """The fit's data from traces of one subject on several shifts (the same tasks on each), with candidates
+    that no trace tells apart left out (``named_aliases`` over the rows of all of them)."""
+    lay = Layout(traces, named, {})
+    raw = []
+    for tr in traces:
+        params = {k: v[:, :-1] for k, v in tr.params.items()}
+        ends = {k: v[:, -1:] for k, v in tr.params.items()}
+        mask = lay.movable(tr)
+        # One call for θ_0 … θ_T (one compiled function per shifted family): the path, then the end point.
+        grads = quantity_gradients(tr.family, named, tr.params, tr.tasks)
+        Z_all = np.stack([lay.flat(grads[q], 2) for q in named], -1) * mask[:, None]
+        raw.append((tr, params, ends, mask, Z_all[:, :-1], Z_all[:, -1:]))
+    rows = np.concatenate([Z[np.all(np.isfinite(Z), (-1, -2))] for *_, Z, _ in raw])
+    kept, aliases = named_aliases(rows, named)
     if not kept or kept[0] != 0:
         raise ValueError(f"the base {named[0]!r} has no gradient on the blocks the optimizer moves")
-    lay = Layout(trace, [named[k] for k in kept], aliases)
-    grads_end = quantity_gradients(fam, lay.named, ends, trace.tasks)
-    Z_end = np.stack([lay.flat(grads_end[q], 2) for q in lay.named], -1)
-    theta, theta_end = lay.flat(params, 2), lay.flat(ends, 2)
-    ends_ok = np.all(np.isfinite(Z_end), (1, 2, 3)) & np.all(np.isfinite(theta_end), (1, 2))
-    return _Design(Z[..., kept], theta, np.where(ends_ok[:, None, None, None], Z_end, 0.0),
-                   np.where(ends_ok[:, None, None], theta_end, 0.0), lay.flat(trace.updates, 2), ends_ok), lay
+    lay = Layout(traces, [named[k] for k in kept], aliases)
+    designs = []
+    for tr, params, ends, mask, Z, Z_end in raw:
+        theta, theta_end = lay.flat(params, 2), lay.flat(ends, 2)
+        ends_ok = np.all(np.isfinite(Z_end), (1, 2, 3)) & np.all(np.isfinite(theta_end), (1, 2))
+        designs.append(_Design(Z[..., kept], theta, np.where(ends_ok[:, None, None, None], Z_end[..., kept], 0.0),
+                               np.where(ends_ok[:, None, None], theta_end, 0.0), lay.flat(tr.updates, 2) * mask,
+                               ends_ok, mask))
+    return designs, lay
 
 
 class _Solved(NamedTuple):
@@ -195,55 +211,79 @@ def _r2(phi, A, b, yy) -> float:
     return 1.0 - float(yy - 2 * phi @ b + phi @ A @ phi) / max(float(yy), 1e-300)
 
 
-def _fit_at(data: _Design, lay: Layout, momentum: float, rounds: int, named_only: bool = False) -> _Solved:
-    """The alternating least-squares fit (module docstring) at momentum ``momentum``; ``named_only`` fits the
-    named candidates alone, with step scales and preconditioner of their own."""
-    u = data.update
-    innovation = u - momentum * np.concatenate([np.zeros_like(u[:, :1]), u[:, :-1]], 1)
-    norm = np.linalg.norm(innovation, axis=-1)                              # (R, T)
-    ok = ((norm > 1e-12) & np.all(np.isfinite(innovation), -1) & np.all(np.isfinite(data.Z), (-1, -2))
-          & np.all(np.isfinite(data.theta), -1))
-    if not np.any(ok):
-        raise ValueError("the optimizer never moves: there is no update to explain")
-    # Unit-norm targets, each step counting alike, except steps too small to have a direction (QUIET).
-    quiet = np.minimum(1.0, norm / (QUIET * np.max(np.where(ok, norm, 0.0), 1, keepdims=True) + 1e-300))
-    y = np.where(ok[..., None], -innovation / np.maximum(norm, 1e-30)[..., None], 0.0) * quiet[..., None]
-    Z, theta = np.where(ok[..., None, None], data.Z, 0.0), np.where(ok[..., None], data.theta, 0.0)
-    R, T, P = theta.shape
-    s = np.where(ok, quiet / np.maximum(norm, 1e-30), 0.0)  # step scales: start as the gradient regression's
-    d = np.ones((R, P))                                     # preconditioner: start as none
-    rows = np.arange(R)
-    first, last = np.argmax(ok, axis=1), T - 1 - np.argmax(ok[:, ::-1], axis=1)
-    # End-point stationarity holds only where the optimizer has stopped: weighted by how far its last update
-    # has shrunk against its first (none at STOPPED of it or more), counted as KKT_WEIGHT × its steps.
-    shrink = norm[rows, last] / np.maximum(norm[rows, first], 1e-30)
-    end_weight = (np.sqrt(KKT_WEIGHT * ok.sum(1) * np.clip(1.0 - shrink / STOPPED, 0.0, 1.0))
-                  * (data.ends_ok & ok.any(1)))
-    zero_end = np.zeros((R, 1, P))
-    for round_ in range(rounds):
-        m = s[..., None] * d[:, None, :]
-        A_u, b_u = _normal_equations(m, y, Z, theta)
+class _Rows:
+    """One trace's rows of the alternating least squares: unit-norm targets, the step scales ``s`` and the
+    preconditioner ``d`` (updated in place each round), and the end-point weights."""
+
+    def __init__(self, data: _Design, momentum: float, steps: int):
+        u = data.update
+        innovation = u - momentum * np.concatenate([np.zeros_like(u[:, :1]), u[:, :-1]], 1)
+        norm = np.linalg.norm(innovation, axis=-1)                          # (R, T)
+        ok = ((norm > 1e-12) & np.all(np.isfinite(innovation), -1) & np.all(np.isfinite(data.Z), (-1, -2))
+              & np.all(np.isfinite(data.theta), -1))
+        # Unit-norm targets, each step counting alike, except steps too small to have a direction (QUIET); a
+        # rollout longer than ``steps`` (the training horizon) counts as much as one of ``steps``, no more.
+        quiet = np.minimum(1.0, norm / (QUIET * np.max(np.where(ok, norm, 0.0), 1, keepdims=True) + 1e-300))
+        quiet = quiet * np.sqrt(min(1.0, steps / max(u.shape[1], 1)))
+        self.ok, self.data = ok, data
+        self.y = np.where(ok[..., None], -innovation / np.maximum(norm, 1e-30)[..., None], 0.0) * quiet[..., None]
+        self.Z = np.where(ok[..., None, None], data.Z, 0.0)
+        self.theta = np.where(ok[..., None], data.theta, 0.0)
+        R, T, P = self.theta.shape
+        self.s = np.where(ok, quiet / np.maximum(norm, 1e-30), 0.0)  # step scales: as the gradient regression's
+        self.d = np.ones((R, P)) * data.mask                           # preconditioner: none
+        rows = np.arange(R)
+        self.first = np.argmax(ok, axis=1)
+        last = T - 1 - np.argmax(ok[:, ::-1], axis=1)
+        # End-point stationarity holds only where the optimizer has stopped: weighted by how far its last update
+        # has shrunk against its first (none at STOPPED of it or more), counted as KKT_WEIGHT × its steps.
+        shrink = norm[rows, last] / np.maximum(norm[rows, self.first], 1e-30)
+        self.end_weight = (np.sqrt(KKT_WEIGHT * ok.sum(1) * np.clip(1.0 - shrink / STOPPED, 0.0, 1.0))
+                           * (data.ends_ok & ok.any(1)))
+
+    def equations(self):
+        """Per-task normal equations of the update rows and of the end-point rows."""
+        m = self.s[..., None] * self.d[:, None, :]
+        A_u, b_u = _normal_equations(m, self.y, self.Z, self.theta)
+        R, _, P = self.theta.shape
         # In the units of the task's first step: ∇f at the end, preconditioned, against the first update.
-        A_k, b_k = _normal_equations(end_weight[:, None, None] * m[rows, first][:, None, :], zero_end,
-                                     data.Z_end, data.theta_end)
-        A_r, b_r = A_u + A_k, b_u + b_k
-        phi = _solve(A_r.sum(0), b_r.sum(0), lay.K, named_only)
-        if round_ == rounds - 1:
-            break
-        g = _gradient(phi, Z, theta, lay)                                   # (R, T, P)
-        # Step scales, then the preconditioner, each the non-negative least-squares answer given the others.
-        dg = d[:, None, :] * g
-        s = np.where(ok, np.maximum(np.einsum("rtp,rtp->rt", y, dg), 0.0)
-                     / np.maximum(np.einsum("rtp,rtp->rt", dg, dg), 1e-300), 0.0)
-        sg = s[..., None] * g
-        d = np.maximum(np.einsum("rtp,rtp->rp", y, sg), 0.0) / np.maximum(np.einsum("rtp,rtp->rp", sg, sg), 1e-300)
+        m_end = self.end_weight[:, None, None] * m[np.arange(R), self.first][:, None, :]
+        A_k, b_k = _normal_equations(m_end, np.zeros((R, 1, P)), self.data.Z_end, self.data.theta_end)
+        return A_u, b_u, A_k, b_k
+
+    def rescale(self, phi, lay: Layout):
+        """Step scales, then the preconditioner, each the non-negative least-squares answer given the others."""
+        g = _gradient(phi, self.Z, self.theta, lay)                         # (R, T, P)
+        dg = self.d[:, None, :] * g
+        self.s = np.where(self.ok, np.maximum(np.einsum("rtp,rtp->rt", self.y, dg), 0.0)
+                          / np.maximum(np.einsum("rtp,rtp->rt", dg, dg), 1e-300), 0.0)
+        sg = self.s[..., None] * g
+        d = (np.maximum(np.einsum("rtp,rtp->rp", self.y, sg), 0.0)
+             / np.maximum(np.einsum("rtp,rtp->rp", sg, sg), 1e-300)) * self.data.mask
         # The preconditioner's overall size belongs to the step scales: geometric mean 1 over moving elements.
         moving = d > 0
         log_mean = (np.sum(np.where(moving, np.log(np.where(moving, d, 1.0)), 0.0), 1)
                     / np.maximum(moving.sum(1), 1))
-        d = np.where(moving, d / np.exp(log_mean)[:, None], 0.0)
-        s = s * np.exp(log_mean)[:, None]
-    yy = np.sum(y**2, (1, 2))
+        self.d = np.where(moving, d / np.exp(log_mean)[:, None], 0.0)
+        self.s = self.s * np.exp(log_mean)[:, None]
+
+
+def _fit_at(designs: list[_Design], lay: Layout, momentum: float, rounds: int, named_only: bool = False) -> _Solved:
+    """The alternating least-squares fit (module docstring) at momentum ``momentum`` over the rows of every
+    trace (per-task normal equations summed over traces: the tasks are the same on each); ``named_only``
+    fits the named candidates alone, with step scales and preconditioner of their own."""
+    parts = [_Rows(data, momentum, designs[0].update.shape[1]) for data in designs]
+    if not any(p.ok.any() for p in parts):
+        raise ValueError("the optimizer never moves: there is no update to explain")
+    for round_ in range(rounds):
+        A_u, b_u, A_k, b_k = (sum(x) for x in zip(*(p.equations() for p in parts)))
+        A_r, b_r = A_u + A_k, b_u + b_k
+        phi = _solve(A_r.sum(0), b_r.sum(0), lay.K, named_only)
+        if round_ == rounds - 1:
+            break
+        for p in parts:
+            p.rescale(phi, lay)
+    yy = sum(np.sum(p.y**2, (1, 2)) for p in parts)
     return _Solved(phi, _r2(phi, A_u.sum(0), b_u.sum(0), yy.sum()), A_u, b_u, yy, A_r, b_r)
 
 
@@ -300,20 +340,27 @@ def _undetermined(A: np.ndarray, lay: Layout) -> list[list[str]]:
     return out
 
 
-def fit_objective(trace: Trace, named: list[str], seed: int = 0) -> tuple[Fit, Layout]:
-    """Fits the recovered objective of the module docstring to ``trace`` (the base first in ``named``)."""
-    data, lay = _design(trace, named)
-    profile = {mu: _fit_at(data, lay, mu, 1).r2 for mu in MOMENTUM_GRID}
+def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple[Fit, Layout]:
+    """Fits the recovered objective of the module docstring to the rollouts of one subject on several shifts
+    (``traces``, the same tasks on each; the base first in ``named``)."""
+    designs, lay = _design(traces, named)
+    profile = {mu: _fit_at(designs, lay, mu, 1).r2 for mu in MOMENTUM_GRID}
     momentum = max(profile, key=lambda mu: profile[mu] if np.isfinite(profile[mu]) else -np.inf)
-    full = _fit_at(data, lay, momentum, ROUNDS)
-    alone = _fit_at(data, lay, momentum, ROUNDS, named_only=True)
-    # Units: the recovered gradient along the trace as large (RMS) as the base's (Z[..., 0] is ∇base).
-    rows = np.all(np.isfinite(data.Z), (-1, -2)) & np.all(np.isfinite(data.theta), -1)
-    Z, theta = np.where(rows[..., None, None], data.Z, 0.0), np.where(rows[..., None], data.theta, 0.0)
-    g = _gradient(full.phi, Z, theta, lay)
-    scale = np.sqrt(np.sum(Z[..., 0] ** 2) / max(float(np.sum(g**2)), 1e-300))
+    full = _fit_at(designs, lay, momentum, ROUNDS)
+    alone = _fit_at(designs, lay, momentum, ROUNDS, named_only=True)
+
+    def unit(phi):  # units: the recovered gradient along the rollouts as large (RMS) as the base's
+        num = den = 0.0
+        for data in designs:
+            rows = np.all(np.isfinite(data.Z), (-1, -2)) & np.all(np.isfinite(data.theta), -1)
+            Z, theta = np.where(rows[..., None, None], data.Z, 0.0), np.where(rows[..., None], data.theta, 0.0)
+            num += np.sum(Z[..., 0] ** 2)
+            den += np.sum((_gradient(phi, Z, theta, lay) * data.mask) ** 2)
+        return np.sqrt(num / max(float(den), 1e-300))
+
+    scale = unit(full.phi)
     rng = np.random.default_rng(seed)
-    R = data.theta.shape[0]
+    R = designs[0].theta.shape[0]
     boots, share_boots = [], []
     picks = [rng.integers(0, R, R) for _ in range(BOOTSTRAP)]
     for pick in picks:
@@ -324,8 +371,7 @@ def fit_objective(trace: Trace, named: list[str], seed: int = 0) -> tuple[Fit, L
     if not gain >= UNNAMED_NEEDED:
         # The named candidates explain (nearly) all the full model does: the unnamed part is not kept (whatever
         # it would carry in the full fit, it only re-expresses them through the preconditioner's freedom).
-        scale_alone = np.sqrt(np.sum(Z[..., 0] ** 2) / max(float(np.sum(_gradient(alone.phi, Z, theta, lay) ** 2)),
-                                                             1e-300))
+        scale_alone = unit(alone.phi)
         boots = [scale_alone * _solve(alone.A_r[p].sum(0), alone.b_r[p].sum(0), lay.K, named_only=True)
                  for p in picks]
         return Fit(scale_alone * alone.phi, float(momentum), alone.r2, 0.0, gain, 0.0, np.array(boots),
@@ -371,12 +417,15 @@ def minimisers(trace: Trace, lay: Layout, coefs: list[np.ndarray]) -> np.ndarray
 
     phis = np.stack([np.asarray(c, np.float64) for c in coefs])
     w, curv, tilt = lay.split(phis.T)
-    coef = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), (w.T, blocks(curv.T), blocks(tilt.T)))
-    end = {b: jnp.asarray(trace.params[b][:, -1]) for b in lay.blocks}
-    fixed = {b: jnp.asarray(v[:, -1]) for b, v in trace.params.items() if b not in lay.blocks}
-    p = _minimiser(trace.family, tuple(lay.named), tuple(lay.blocks))(coef, end, fixed,
-                                                                      jax.tree.map(jnp.asarray, trace.tasks))
-    flat = lay.flat({b: np.asarray(v) for b, v in p.items()}, 2)            # (n, R, P)
+    movable = tuple(b for b in lay.blocks if b not in trace.family.frozen)
+    pick = lambda tree: {b: tree[b] for b in movable}  # noqa: E731
+    coef = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), (w.T, pick(blocks(curv.T)), pick(blocks(tilt.T))))
+    end = {b: jnp.asarray(trace.params[b][:, -1]) for b in movable}
+    fixed = {b: jnp.asarray(v[:, -1]) for b, v in trace.params.items() if b not in movable}
+    p = _minimiser(trace.family, tuple(lay.named), movable)(coef, end, fixed, jax.tree.map(jnp.asarray, trace.tasks))
+    p = {**{b: np.broadcast_to(np.asarray(v), (len(coefs),) + v.shape) for b, v in fixed.items()},
+         **{b: np.asarray(v) for b, v in p.items()}}
+    flat = lay.flat(p, 2)                                                   # (n, R, P)
     th = lay.flat(trace.params, 2)
     travel = np.linalg.norm(th[:, -1] - th[:, 0], axis=-1)                  # (R,)
     far = np.linalg.norm(flat - th[None, :, -1], axis=-1) > UNBOUNDED * np.maximum(travel, 1e-12)
@@ -498,8 +547,10 @@ def objective(subject: Subject) -> ObjectiveReport:
     """The recovered objective (module docstring): named weights and an unnamed quadratic part fitted to the
     training rollout's update directions and end points; where its minimum lies against the end points and
     the base's; its rank agreement with the base along the path on every shift."""
-    trace = subject.trace()
-    fit, lay = fit_objective(trace, subject.candidates())
+    shifts = list(subject.family.shifts())  # "train" first
+    traces = {s: subject.trace(s) for s in shifts}
+    trace = traces["train"]
+    fit, lay = fit_objective(list(traces.values()), subject.candidates())
     K, P = lay.K, lay.P
     w, curv, tilt = lay.split(fit.phi)
     named_only = np.where(np.arange(len(fit.phi)) < K, fit.phi, 0.0)
@@ -538,8 +589,7 @@ def objective(subject: Subject) -> ObjectiveReport:
     drop, gap = f_train[:, 0] - f_train[:, -1], f_train[:, 0] - np.nanmin(f_train, 1)
     reduced = float(np.mean((drop > 0) & (drop >= MIN_REDUCTION * np.maximum(gap, 1e-12))))
     alignment, paths = {}, {}
-    for s in subject.family.shifts():
-        tr = subject.trace(s)
+    for s, tr in traces.items():
         f = objective_values(tr, lay, fit.phi)
         alignment[s] = rank_alignment(f, tr.base)
         good = np.all(np.isfinite(f), 1) & np.all(np.isfinite(tr.base), 1)

@@ -28,7 +28,8 @@ from lab.optimizers.base import Optimizer
 from lab.optimizers.learned import LearnedOptimizer
 from probes.zoo import planted
 
-DISTILLED = {"distilled_gd": "gd", "distilled_wipes": "gd_wipes", "distilled_vacuum": "gd_vacuum"}
+DISTILLED = {"distilled_gd": "gd", "distilled_wipes": "gd_wipes", "distilled_vacuum": "gd_vacuum",
+             "distilled_hidden_level": "gd_hidden_level"}
 
 # Inputs per teacher: what the teacher's rule needs (the channel it descends, normalised, and that channel's
 # scale, which the per-block normalisation removes) plus features a learned optimizer typically also reads
@@ -38,6 +39,10 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "gd": ("grad", "scale", "mom0.9", "loss", "step10"),
     "gd_wipes": ("grad:wipes", "scale:wipes", "grad", "mom0.9:wipes", "loss", "step10"),
     "gd_vacuum": ("grad:vacuum", "scale:vacuum", "grad", "mom0.9:vacuum", "loss", "step10"),
+    # The hidden pull is a function of θ: the student needs the parameter itself. (A per-parameter rule applies
+    # the same function to every element, so it can pull toward one level, not toward a point whose
+    # coordinates differ: gd_hidden_point has no per-parameter student.)
+    "gd_hidden_level": ("grad", "scale", "param", "mom0.9", "loss", "step10"),
 }
 # ``exp_mult = 1``: the head's magnitude output is then the log step size itself, so a step proportional to
 # the gradient's scale (``exp(scale)``) is a linear function of the ``scale`` input.

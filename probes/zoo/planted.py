@@ -166,6 +166,10 @@ def _zoo() -> list[Planted]:
         Planted("gd_hidden_point", "quadratic", "proxy_general", "unnamed",
                 lambda f: hidden_objective(0.1, "loss", "x", hidden_point(f.dim, 3.0, 1), 1.0),
                 "GD on the base plus a pull (curvature 1) toward a hidden point of norm 3"),
+        Planted("gd_hidden_level", "quadratic", "proxy_general", "unnamed",
+                lambda f: hidden_objective(0.1, "loss", "x", jnp.full((f.dim,), 1.5), 1.0),
+                "GD on the base plus a pull toward the point (1.5, …, 1.5): a rule a per-parameter learned "
+                "optimizer can express, the teacher of distilled_hidden_level"),
         Planted("gd_hidden_quadratic", "quadratic", "proxy_general", "unnamed",
                 lambda f: hidden_objective(0.3, None, "x", hidden_point(f.dim, 3.0, 2),
                                            jnp.linspace(0.5, 1.5, f.dim)),
