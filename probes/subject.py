@@ -93,6 +93,7 @@ STREAMS = {
     "curl": 4,             # the observation and estimator keys of the curl probe (field.curl_report)
     "reference": 7,        # the tasks Adam's learning rate is tuned on (competence.reference_optimizer)
     "untrained": 11,       # the untrained network of the representation control (representation_report)
+    "dynamics": 13,        # the coordinates and observation keys of the dynamics probe (catalogue.dynamics)
 }
 
 

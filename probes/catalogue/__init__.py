@@ -13,3 +13,4 @@
 """
 
 from probes.catalogue import competence, field, incontext, inverse, objective, representation, shifts  # noqa: F401
+from probes.catalogue import dynamics  # noqa: F401
