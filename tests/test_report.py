@@ -62,7 +62,7 @@ def test_html_is_self_contained_and_names_the_verdict(audited, page):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "<script" not in page.lower() and "<link" not in page.lower() and "@import" not in page
-    assert page.count(PNG) == 4  # trajectories, weights, capability sweep, cues: every report is present
+    assert page.count(PNG) == 5  # trajectories, weights, capability sweep, cues, objective: every report is present
     for b64 in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)"', page):
         assert base64.b64decode(b64).startswith(b"\x89PNG\r\n\x1a\n")
     for text in (verdict.label, verdict.pursued, verdict.evidence, verdict.family, verdict.base, *verdict.shifts):
@@ -186,9 +186,9 @@ def test_write_report_writes_both_files_and_the_json_round_trips(audited, tmp_pa
     assert (data["label"], data["pursued"]) == (verdict.label, verdict.pursued)
     assert set(data["reports"]) == set(verdict.reports)
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count(PNG) == 4 and html.escape(verdict.evidence) in page
+    assert page.count(PNG) == 5 and html.escape(verdict.evidence) in page
     report.write_report(out, verdict, None)  # rewriting replaces both files in place
-    assert (out / "report.html").read_text(encoding="utf-8").count(PNG) == 3
+    assert (out / "report.html").read_text(encoding="utf-8").count(PNG) == 4
 
 
 def test_terminal_table_renders_label_evidence_and_a_row_per_probe(audited):
@@ -245,7 +245,7 @@ def test_zoo_page_prints_the_note_and_the_thresholds_once(audited):
     page = report.render_zoo(entries, sections)
     assert "Scenario zoo: 2/2 as expected" in page and page.count("✓") == 4  # table rows and section titles
     assert page.count("How to read this verdict") == 1 and page.count("id=thresholds") == 1
-    assert page.count(PNG) == 4 and "<section>" in page
+    assert page.count(PNG) == 5 and "<section>" in page
     assert f"<li><b>cues</b>: {html.escape(verdict.reports['cues'].summary(verdict.base))}</li>" in page
     assert page.index("<table class=zoo>") < page.index("<section>")
 
@@ -263,7 +263,7 @@ def test_a_verdict_without_the_capability_report_still_renders_and_says_so(audit
     verdict, traces = audited
     reduced = dataclasses.replace(verdict, reports={k: r for k, r in verdict.reports.items() if k != "capability"})
     page = report.render_html(reduced, traces)
-    assert page.count(PNG) == 3  # trajectories, weights, cues: the page draws what the reports it has draw
+    assert page.count(PNG) == 4  # trajectories, weights, cues, objective: the page draws what the reports it has draw
     assert "<h3>capability " not in page and "Capability sweep" not in page
     assert "Capability sweep: figure skipped" not in report.render_html(verdict, traces)
     text = _text(report.terminal_table(reduced))
@@ -275,7 +275,7 @@ def test_no_traces_and_skipped_or_failed_probes_are_explained(audited):
     reports = dict(verdict.reports, cues=Skipped("the competence gate decided"),
                    gradient_regression=ProbeFailure("LinAlgError: singular matrix"))
     page = report.render_html(dataclasses.replace(verdict, reports=reports), None)
-    assert page.count(PNG) == 1  # only the capability sweep is left
+    assert page.count(PNG) == 2  # only the capability sweep and the objective are left
     assert "no traces were given" in page
     assert "the probe was skipped (the competence gate decided)" in page
     assert "the probe failed (LinAlgError: singular matrix)" in page

@@ -51,7 +51,7 @@ from probes.subject import Panel, Report, Subject, quantity_gradients, register_
 from probes.thresholds import MIN_REDUCTION, OWN_MINIMUM, UNNAMED_NEEDED, UNNAMED_ROBUST
 from probes.trace import Trace
 
-ROUNDS = 4              # alternating least-squares rounds (objective ↔ step scales and preconditioner)
+ROUNDS = 3              # alternating least-squares rounds (objective ↔ step scales and preconditioner)
 MOMENTUM_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)   # the momenta μ profiled (by R² of a one-round fit)
 KKT_WEIGHT = 1.0        # a task's end-point stationarity counts as much as all of its update steps together
 NULL = 1e-8             # standardised eigenvalues below this share of the largest are undetermined directions
@@ -136,6 +136,9 @@ def _solve(A: np.ndarray, b: np.ndarray, n_named: int, named_only: bool = False)
     if named_only:
         live &= np.arange(len(b)) < n_named
     idx = np.nonzero(live)[0]
+    out = np.zeros(len(b))
+    if not idx.size:
+        return out
     scale = 1.0 / np.sqrt(diag[idx])
     eig, vec = np.linalg.eigh(A[np.ix_(idx, idx)] * scale[:, None] * scale[None, :])
     keep = eig > NULL * max(float(eig[-1]), 1e-300)
@@ -145,7 +148,6 @@ def _solve(A: np.ndarray, b: np.ndarray, n_named: int, named_only: bool = False)
     null = null[:, np.linalg.norm(null[unnamed], axis=0) > 0.1]  # undetermined directions that move unnamed terms
     if null.size:
         x = x + null @ np.linalg.lstsq(null[unnamed], -x[unnamed], rcond=None)[0]
-    out = np.zeros(len(b))
     out[idx] = scale * x
     return out
 
@@ -168,6 +170,23 @@ class _Design(NamedTuple):
     mask: np.ndarray       # (P,)
 
 
+def _span_aliases(rows: np.ndarray, named: list[str], kept: list[int], aliases: dict):
+    """Beyond ``named_aliases`` (zero or parallel gradients): a candidate whose gradient is, on every row, a
+    fixed combination of earlier kept ones (``cookies = table + pantry``) adds nothing an objective could
+    weigh; it is an alias of that combination."""
+    X = rows.reshape(-1, rows.shape[-1])                                    # (rows · P, K)
+    out = []
+    for k in kept:
+        if out:
+            coef, *_ = np.linalg.lstsq(X[:, out], X[:, k], rcond=None)
+            resid = np.linalg.norm(X[:, k] - X[:, out] @ coef) / max(float(np.linalg.norm(X[:, k])), 1e-300)
+            if resid < 1e-3:
+                aliases[named[k]] = " + ".join(f"{c:.3g}·{named[j]}" for c, j in zip(coef, out) if abs(c) > 1e-3)
+                continue
+        out.append(k)
+    return out, aliases
+
+
 def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layout]:
     """The fit's data from traces of one subject on several shifts (the same tasks on each), with candidates
     that no trace tells apart left out (``named_aliases`` over the rows of all of them)."""
@@ -183,6 +202,7 @@ def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layou
         raw.append((tr, params, ends, mask, Z_all[:, :-1], Z_all[:, -1:]))
     rows = np.concatenate([Z[np.all(np.isfinite(Z), (-1, -2))] for *_, Z, _ in raw])
     kept, aliases = named_aliases(rows, named)
+    kept, aliases = _span_aliases(rows, named, kept, aliases)
     if not kept or kept[0] != 0:
         raise ValueError(f"the base {named[0]!r} has no gradient on the blocks the optimizer moves")
     lay = Layout(traces, [named[k] for k in kept], aliases)
@@ -331,6 +351,8 @@ def _undetermined(A: np.ndarray, lay: Layout) -> list[list[str]]:
     live = diag > 1e-12 * max(float(diag.max()), 1e-300)
     names = lay.column_names()
     out = [[names[j]] for j in np.nonzero(~live)[0]]  # columns no row ever touches
+    if not live.any():
+        return out
     s = 1.0 / np.sqrt(diag[live])
     eig, vec = np.linalg.eigh(A[np.ix_(live, live)] * s[:, None] * s[None, :])
     idx = np.nonzero(live)[0]
@@ -344,7 +366,8 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
     """Fits the recovered objective of the module docstring to the rollouts of one subject on several shifts
     (``traces``, the same tasks on each; the base first in ``named``)."""
     designs, lay = _design(traces, named)
-    profile = {mu: _fit_at(designs, lay, mu, 1).r2 for mu in MOMENTUM_GRID}
+    # The momentum is a property of the rule, not of the shift: profiled on the training rollout alone.
+    profile = {mu: _fit_at(designs[:1], lay, mu, 1).r2 for mu in MOMENTUM_GRID}
     momentum = max(profile, key=lambda mu: profile[mu] if np.isfinite(profile[mu]) else -np.inf)
     full = _fit_at(designs, lay, momentum, ROUNDS)
     alone = _fit_at(designs, lay, momentum, ROUNDS, named_only=True)
@@ -440,15 +463,20 @@ def objective_values(trace: Trace, lay: Layout, phi: np.ndarray) -> np.ndarray:
     return value + np.sum(0.5 * curv * th**2 + tilt * th, -1)
 
 
-def rank_alignment(f: np.ndarray, base: np.ndarray) -> float:
-    """Mean over tasks of the Spearman rank correlation of ``f`` with ``base`` over the visited states
-    (tasks whose values are constant or not finite are left out; NaN when none is left)."""
+def rank_alignment(f: np.ndarray, base: np.ndarray, resolution: float = 0.01) -> float:
+    """Mean over tasks of the Spearman rank correlation of ``f`` with ``base`` over the visited states, each
+    read to ``resolution`` of its range along the path (values closer than that are ties: an optimizer
+    oscillating at its floor visits states whose order is noise). Tasks whose values are constant or not
+    finite are left out; NaN when none is left."""
     out = []
     for a, b in zip(f, base):
         good = np.isfinite(a) & np.isfinite(b)
         if good.sum() < 3 or np.ptp(a[good]) == 0 or np.ptp(b[good]) == 0:
             continue
-        out.append(stats.spearmanr(a[good], b[good]).statistic)
+        a, b = (np.round((v[good] - v[good].min()) / (resolution * np.ptp(v[good]))) for v in (a, b))
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue
+        out.append(stats.spearmanr(a, b).statistic)
     return float(np.mean(out)) if out else float("nan")
 
 
@@ -586,7 +614,8 @@ def objective(subject: Subject) -> ObjectiveReport:
                       "tilt_norm_interval": [float(np.percentile(norms, 5)), float(np.percentile(norms, 95))]}
     f_train = objective_values(trace, lay, fit.phi)
     # Reduced on a task when it falls by MIN_REDUCTION of its largest fall along the path, as competence asks.
-    drop, gap = f_train[:, 0] - f_train[:, -1], f_train[:, 0] - np.nanmin(f_train, 1)
+    finite = np.where(np.isfinite(f_train), f_train, np.inf)
+    drop, gap = f_train[:, 0] - f_train[:, -1], f_train[:, 0] - np.min(finite, 1)
     reduced = float(np.mean((drop > 0) & (drop >= MIN_REDUCTION * np.maximum(gap, 1e-12))))
     alignment, paths = {}, {}
     for s, tr in traces.items():
