@@ -287,10 +287,17 @@ def checkpoints(out: Path, read_only: bool = False) -> ocp.CheckpointManager:
     path = (Path(out) / "checkpoints").absolute()
     if read_only and not path.is_dir():
         raise RunError(f"{out} holds no checkpoint yet (no checkpoints/): train it first")
+    alone = {}
+    if jax.process_count() > 1:  # a multi-process run: each process's manager acts alone (process 0 writes
+        # host copies of the state, lab.meta.run; the others only read), so none waits in orbax's barriers
+        me = jax.process_index()
+        alone = {"multiprocessing_options": ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})}
+        if not read_only:
+            path.mkdir(parents=True, exist_ok=True)  # orbax creates no folder for a manager of a subset of processes
     with _quiet_orbax():  # a read-only manager's options log what they turn off
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only, read_only=read_only,
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=not read_only and not alone, read_only=read_only,
                                                cleanup_tmp_directories=not read_only,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False, **alone)
         return ocp.CheckpointManager(path, options=options)
 
 

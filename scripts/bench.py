@@ -19,6 +19,8 @@ noisy; the load average at start and end is recorded). Measured:
 6. ``host_sync``: fetching the metrics every meta-step against once per block (``lab.meta.run``).
 7. ``scaling``: meta-steps per second over tasks 8…512, truncation 5…40, dimension 8…128, and devices 1…4
    (CPU devices in subprocesses, the task axis sharded as ``lab.meta.train.distribute`` does).
+8. ``digits``: meta-steps per second of the default ``digits_mlp`` training (``train.py --family digits_mlp
+   --estimator pes``: real images, a 2,410-parameter network per task) at 32 and 256 tasks.
 
 Prints a table; writes JSON to --out (to stdout after the table without --out). ``--quick`` is a small
 configuration for the tests. It runs unchanged on a GPU. Bad input ends with a one-line error and exit code 2.
@@ -56,6 +58,8 @@ class Settings:
     flops_unrolled: dict    # MetaConfig overrides of the case XLA counts with its scans written out
     flops_rows: tuple       # (name, MetaConfig overrides) of the % of peak rows
     remat_cases: tuple      # MetaConfig overrides of the remat rows
+    digits_tasks: tuple     # task counts of the digits_mlp rows
+    digits_overrides: dict  # MetaConfig fields of the digits_mlp rows beyond its default PES training
     quick: bool = False
 
 
@@ -67,13 +71,13 @@ DEFAULT = Settings(
     scaling={"tasks": (8, 32, 128, 512), "truncation": (5, 10, 20, 40), "dimension": (8, 32, 128),
              "devices": (1, 2, 4)},
     flops_unrolled={}, flops_rows=(("default", {}), ("mlp", {"family": "mlp", "tasks": 256})),
-    remat_cases=({}, {"family": "mlp", "tasks": 256}))
+    remat_cases=({}, {"family": "mlp", "tasks": 256}), digits_tasks=(32, 256), digits_overrides={})
 QUICK = Settings(
     rounds=100, warmup=5, scan_steps=10, scan_rounds=10, meta_rounds=4, peak_size=256,
     meta_cases=(("default", {"tasks": 8, "truncation": 5}, 8),), inner_sizes=(SMALL_MLP,),
     scaling={"tasks": (4,), "devices": (2,)}, flops_unrolled={"tasks": 8, "truncation": 5},
     flops_rows=(("default", {"tasks": 8, "truncation": 5}),), remat_cases=({"tasks": 8, "truncation": 5},),
-    quick=True)
+    digits_tasks=(4,), digits_overrides={"truncation": 2}, quick=True)
 
 
 def parse(argv=None) -> tuple[Settings, Path | None]:
@@ -433,6 +437,23 @@ def bench_scaling(settings: Settings) -> dict:
     return out
 
 
+def bench_digits(settings: Settings) -> list[dict]:
+    """Meta-steps per second of the ``digits_mlp`` family's default PES training (its ``meta_defaults``) at each
+    task count of ``settings.digits_tasks``."""
+    from lab.meta.train import MetaConfig
+
+    defaults, rows = MetaConfig(), []
+    for tasks in settings.digits_tasks:
+        config = MetaConfig.for_family("digits_mlp", estimator="pes", tasks=tasks, **settings.digits_overrides)
+        overrides = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                     if getattr(config, f.name) != getattr(defaults, f.name)}
+        config, _, state, _, compiled = _meta_case(overrides)
+        rate = _throughput_of(compiled, state, config, max(2, settings.meta_rounds // 4), _compile_seconds(overrides))
+        rows.append({"family": "digits_mlp", "estimator": "pes", "tasks": tasks, "truncation": config.truncation,
+                     "hidden": config.hidden, **rate})
+    return rows
+
+
 def _fmt(x, spec=".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
@@ -473,6 +494,10 @@ def table(r: dict) -> str:
     for axis, rows in r["scaling"].items():
         cells = ", ".join(f"{row[axis]}: {row['meta_steps_per_s']:.1f}/s" for row in rows)
         lines.append(f"scaling  {axis:<11}{cells}")
+    if r.get("digits"):
+        cells = ", ".join(f"{row['tasks']} tasks: {row['meta_steps_per_s']:.2f}/s ({row['ms_per_meta_step']:.0f} ms)"
+                          for row in r["digits"])
+        lines.append(f"digits   digits_mlp, pes x{r['digits'][0]['truncation']}: {cells}")
     return "\n".join(lines)
 
 
@@ -487,6 +512,7 @@ def main(argv=None) -> int:
     result["remat"] = bench_remat(settings)
     result["host_sync"] = bench_host_sync(settings)
     result["scaling"] = bench_scaling(settings)
+    result["digits"] = bench_digits(settings)
     result["bench_seconds"] = time.perf_counter() - t0
     result["machine"]["loadavg_1m_at_end"] = _loadavg()
     print(table(result))

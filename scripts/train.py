@@ -4,24 +4,49 @@
 
 Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoints/ and OUT/summary.json. ``--resume`` continues the
 newest checkpoint in OUT. Bad input ends with a one-line error and exit code 2, and leaves OUT as it was.
+A flag left out takes the family's own default where it declares one (``TaskFamily.meta_defaults``, listed by
+``--help``). Over several processes (``jax.distributed``: ``--coordinator-address``, ``--num-processes``,
+``--process-id``, their ``JAX_*`` variables, or ``--distributed`` under SLURM or Kubernetes) every process runs
+the same command and process 0 writes OUT (README, "Meta-training across processes").
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from lab import cli, families
+from lab import cli, families, sharding
 from lab.io import OneLineParser
 from lab.meta.run import RunError, prepare, train
 from lab.meta.train import ESTIMATORS, OPTIMIZERS, MetaConfig
 
 
-def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:
+# The flags that set MetaConfig fields: one the user leaves out takes the family's default (MetaConfig.for_family).
+CONFIG_FLAGS = ("optimizer", "estimator", "meta_steps", "seed", "tasks", "truncation", "meta_lr", "loss_floor",
+                "checkpoint_every", "eval_tasks", "features", "remat", "eval_horizons", "eval_shifts")
+_UNSET = object()
+
+
+def _family_defaults() -> str:
+    own = {name: families.make(name).meta_defaults for name in families.names()}
+    lines = [f"  {name}: " + ", ".join(f"{k.replace('_', '-')} {_show(v)}" for k, v in fields.items())
+             for name, fields in own.items() if fields]
+    return "families with defaults of their own (a flag given wins):\n" + "\n".join(lines) if lines else ""
+
+
+def _multiples(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive integers."""
+    return tuple(cli.positive(1000)(part.strip()) for part in text.split(",") if part.strip())
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool, argparse.Namespace]:
     defaults = MetaConfig()
-    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0], epilog=_family_defaults)
     p.add_argument("--family", default=defaults.family,
                    help=f"task family: {', '.join(families.names())}, or MODULE:CLASS (a family of your own: an "
                    "importable module or a .py file, and its TaskFamily subclass)")
@@ -46,30 +71,55 @@ def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool]:
     p.add_argument("--remat", action=argparse.BooleanOptionalAction, default=defaults.remat,
                    help="rematerialise each inner step in the backward pass (a second forward pass for a quarter of "
                         "the memory; scripts/bench.py measures both)")
+    p.add_argument("--eval-horizons", type=_multiples, default=defaults.eval_horizons,
+                   help="extra rows of the final evaluation at these multiples of the horizon, comma-separated "
+                        "(e.g. 4,10)")
+    p.add_argument("--eval-shifts", type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+                   default=defaults.eval_shifts, help="extra rows of the final evaluation under these shifts of the "
+                                                      "family, comma-separated (e.g. wider)")
     p.add_argument("--out", type=Path, required=True, help="run folder (must be empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    group = p.add_argument_group("several processes (README, \"Meta-training across processes\")")
+    group.add_argument("--coordinator-address", help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=cli.positive(), help="processes in the run (default: "
+                       "$JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=cli.integer(0), help="this process's index (default: $JAX_PROCESS_ID)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run whose settings JAX detects from the cluster (SLURM, Open MPI, "
+                            "Kubernetes) where neither the flags above nor their variables give them")
+    # Flags of config fields start unset (argparse keeps a value already in the namespace), so the family's
+    # defaults fill exactly those the user left out.
+    args = p.parse_args(argv, namespace=argparse.Namespace(**{name: _UNSET for name in CONFIG_FLAGS}))
     try:
         family = families.resolve(args.family)  # MODULE:CLASS imports and registers the user's family
     except ValueError as e:
         p.error(str(e).splitlines()[0])
-    features = None if args.features is None else tuple(f.strip() for f in args.features.split(","))
-    config = dataclasses.replace(
-        defaults, family=family, features=features, optimizer=args.optimizer, estimator=args.estimator,
-        meta_steps=args.meta_steps, seed=args.seed, tasks=args.tasks, truncation=args.truncation,
-        meta_lr=args.meta_lr, loss_floor=args.loss_floor, checkpoint_every=args.checkpoint_every, eval_tasks=args.eval_tasks,
-        remat=args.remat)
-    return config, args.out, args.resume, args.quiet
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not _UNSET}
+    if isinstance(given.get("features"), str):
+        given["features"] = tuple(f.strip() for f in given["features"].split(","))
+    try:
+        config = MetaConfig.for_family(family, **given)
+    except ValueError as e:
+        p.error(str(e).splitlines()[0])
+    return config, args.out, args.resume, args.quiet, args
 
 
 def main(argv=None) -> int:
-    config, out, resume, quiet = parse(argv)
-    try:
-        prepare(config, out, resume)
-    except RunError as e:
+    config, out, resume, quiet, args = parse(argv)
+    try:  # before anything touches a JAX backend
+        joined = sharding.initialize(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
+    except ValueError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
+    writer = sharding.is_writer() if joined else True
+    quiet = quiet or not writer  # one progress bar: process 0's
+    if not joined:  # refused before the progress bar; a multi-process run is refused inside train, on every process
+        try:
+            prepare(config, out, resume)
+        except RunError as e:
+            print(f"train.py: error: {e}", file=sys.stderr)
+            return 2
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from lab.io import dumps
@@ -99,7 +149,8 @@ def main(argv=None) -> int:
             print(f"train.py: error: writing {out} failed ({e.strerror or e}); fix it and continue with --resume",
                   file=sys.stderr)
             return 2
-    print(dumps(summary["eval"]))
+    # Process 0 prints the evaluation; any other process the checksum of its meta-parameters (equal to process 0's).
+    print(dumps(summary["eval"] if "eval" in summary else {k: summary[k] for k in ("process", "meta_params_sha256")}))
     return 0
 
 

@@ -111,3 +111,5 @@ def test_quick_run_writes_all_measurements(tmp_path):
     for rows in data["scaling"].values():
         for row in rows:
             _positive(row["meta_steps_per_s"], "meta_steps_per_s")
+    assert [row["tasks"] for row in data["digits"]] == [4] and data["digits"][0]["family"] == "digits_mlp"
+    _positive(data["digits"][0]["meta_steps_per_s"], "digits meta_steps_per_s")

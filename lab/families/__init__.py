@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily, check_family, grad_of, noisy
 from lab.families.cues import CueOrganism, Cues
+from lab.families.digits import DigitsMLP
 from lab.families.incontext import ICLFamily
 from lab.families.kitchen import Cookies, Crumbs, KitchenWorld, Wipes
 from lab.families.mlp import MLPClassification
@@ -114,7 +115,7 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [""])[0]
 
 
-for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism, ICLFamily):
+for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism, ICLFamily, DigitsMLP):
     register(_cls.name, _cls, check=False)  # the lab's own: checked by tests/test_extension.py, not at every import
 
 __all__ = [

@@ -80,7 +80,7 @@ class TaskFamily:
     Class variables a family may declare (README, "Writing a new experiment"): ``name``, ``base``, ``channels``
     (every extra gradient channel ``observe`` computes, exactly: a mismatch is an error at the first
     observation), ``observed_cues``, ``not_candidates`` (intermediate nodes of the DAG that are no objective),
-    ``probes``, ``audit_tasks`` and ``param_range``.
+    ``probes``, ``audit_tasks``, ``param_range`` and ``meta_defaults``.
     """
 
     horizon: int = 50
@@ -100,6 +100,9 @@ class TaskFamily:
     # A meta-training run whose learned optimizer moves any |θ| element beyond this on its held-out evaluation
     # warns (lab.meta.run.train): θ has left the range where float32 arithmetic on the family means anything.
     param_range: ClassVar[float] = 1e6
+    # MetaConfig fields a meta-training run on this family takes unless the user sets them
+    # (lab.meta.train.MetaConfig.for_family, train.py): e.g. more meta-steps, or evaluation rows, for a larger family.
+    meta_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
         # Every subclass's own ``observe`` is checked against its declared ``channels``, whoever calls it

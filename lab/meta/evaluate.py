@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -123,6 +124,25 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     finite = lambda x: x if np.isfinite(x) else None  # noqa: E731
     return {"horizon": family.horizon, "tasks": tasks, "lopt_base": finite(lopt_base),
             "adam_base": finite(adam_base), "adam_lr": adam_lr, "ratio": finite(ratio)}
+
+
+def evaluation_rows(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128,
+                    horizons: tuple[int, ...] = (), shifts: tuple[str, ...] = (), lrs=None) -> list[dict]:
+    """``compare_with_adam`` beyond the training conditions, one record per row: first at each multiple in
+    ``horizons`` of the family's horizon, then at the training horizon under each named shift of ``shifts`` (a
+    longer horizon is also a shift of every family: ``horizon`` is a field of ``TaskFamily``). Each record is
+    ``compare_with_adam``'s with ``shift`` (``"train"`` for the horizon rows) and ``horizon_mult``; Adam's learning
+    rate is tuned again for every row (on tasks other than the row's test tasks), so each row compares the learned
+    optimizer with the best constant-rate Adam of that row. The held-out tasks are drawn from the same ``key`` in
+    every row (the same data where the shift leaves the tasks as they were)."""
+    rows = []
+    for mult in horizons:
+        longer = dataclasses.replace(family, horizon=family.horizon * mult)
+        rows.append({"shift": "train", "horizon_mult": mult, **compare_with_adam(longer, optimizer, key, tasks, lrs)})
+    for name in shifts:
+        rows.append({"shift": name, "horizon_mult": 1,
+                     **compare_with_adam(family.shift(name), optimizer, key, tasks, lrs)})
+    return rows
 
 
 def held_out_extent(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128) -> float:

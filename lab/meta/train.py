@@ -54,10 +54,28 @@ class MetaConfig:
     # The learned optimizer's input features (lab.optimizers.learned); None: ``default_inputs`` of the family's
     # declared channels and observed cues. Left out of config.json when None, so default runs keep their hash.
     features: tuple[str, ...] | None = None
+    # Rows of the final evaluation beyond the training horizon (lab.meta.evaluate.evaluation_rows): multiples of
+    # the horizon and named shifts of the family. Left out of config.json when empty, like ``features``.
+    eval_horizons: tuple[int, ...] = ()
+    eval_shifts: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.features is not None and not isinstance(self.features, tuple):  # a JSON list, hashable for jit
-            object.__setattr__(self, "features", tuple(self.features))
+        for name in ("features", "eval_horizons", "eval_shifts"):  # a JSON list, hashable for jit
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def for_family(cls, family: str, **fields) -> MetaConfig:
+        """The config of a run on the registered ``family``: the defaults, then the family's own
+        (``TaskFamily.meta_defaults``, e.g. a longer run for a larger family), then ``fields`` (what the user
+        set). ``train.py`` builds its config here, so a flag left out takes the family's default."""
+        own = dict(families.make(family).meta_defaults)
+        known = {f.name for f in dataclasses.fields(cls)} - {"family"}
+        if unknown := sorted(set(own) - known):
+            raise ValueError(f"family {family!r} declares meta_defaults for unknown config fields {unknown}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**{**own, **fields, "family": family})
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a one-line message for the first invalid field."""
@@ -83,6 +101,13 @@ class MetaConfig:
             raise ValueError(f"loss-floor must be negative (a log ratio below the start), got {self.loss_floor}")
         if self.features is not None:
             self._validate_features()
+        if any(not isinstance(m, int) or m < 1 for m in self.eval_horizons):
+            raise ValueError(f"eval-horizons must be positive integers, got {','.join(map(str, self.eval_horizons))}")
+        if self.eval_shifts:
+            known = self.family_obj().shifts()
+            if unknown := [s for s in self.eval_shifts if s not in known]:
+                raise ValueError(f"unknown eval shift {unknown[0]!r} for family {self.family!r}; known: "
+                                 f"{', '.join(known)}")
 
     def _validate_features(self) -> None:
         if not self.features or len(set(self.features)) != len(self.features):
@@ -104,6 +129,11 @@ class MetaConfig:
             del data["features"]  # the default: config.json (and the zoo's config hash) as before the field
         else:
             data["features"] = list(data["features"])
+        for name in ("eval_horizons", "eval_shifts"):  # the default: config.json (and its hash) as before the field
+            if data[name]:
+                data[name] = list(data[name])
+            else:
+                del data[name]
         return data
 
     @classmethod
@@ -165,8 +195,15 @@ def init_state(config: MetaConfig, family: families.TaskFamily | None = None) ->
 
 def distribute(state: MetaState, config: MetaConfig) -> MetaState:
     """With several devices (and tasks that split evenly over them): the task axis of the estimator state
-    sharded over all devices, everything else replicated. With one device, ``state`` unchanged."""
-    if jax.device_count() == 1 or config.tasks % jax.device_count():
+    sharded over all devices, everything else replicated. With one device, ``state`` unchanged. Over several
+    processes (``lab.sharding.initialize``) the devices are every process's, each process holds the same whole
+    ``state`` and keeps its share, and the tasks must split evenly."""
+    if jax.process_count() > 1:
+        if config.tasks % jax.device_count():
+            raise ValueError(f"{config.tasks} tasks do not split evenly over the {jax.device_count()} devices of "
+                             f"{jax.process_count()} processes")
+        state = jax.tree.map(np.asarray, jax.device_get(state))  # host copies: each process places its share
+    elif jax.device_count() == 1 or config.tasks % jax.device_count():
         return state
     mesh = sharding.task_mesh()
     state = sharding.replicate(state, mesh)
