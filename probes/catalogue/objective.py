@@ -18,17 +18,24 @@ and is fitted to two kinds of evidence at once, so that neither preconditioning 
   optimizer's dynamics as nuisance parameters);
 - **stationarity at the end points** (KKT): where an optimizer stops, ``∇f`` vanishes whatever its
   preconditioner or momentum; each task's end point adds the condition ``∇f(θ_T) ≈ 0``, measured against the
-  size of ``∇f`` at its start.
+  size of its first step, weighted by how far its last update has shrunk (none for an optimizer still moving
+  at half its first step: a sigmoid it saturates is no minimum).
 
-The named part is preferred: among fits that explain the updates equally well, the unnamed coefficients
-are the smallest (a vanishing ridge on them only), so ``unnamed_share`` is 0 when the named candidates explain
-everything. Directions the data leaves undetermined (an unnamed term equal to a named one, an element that
-never moves) are counted in ``undetermined``. Intervals are bootstrap percentiles over tasks.
+The rollouts of every shift are fitted together (the same tasks on each; frozen elements masked), so one f
+explains the optimizer across tasks and shifts, and candidates that only a shift tells apart are told apart.
+
+The named part is preferred. The unnamed part is kept only if it adds at least ``UNNAMED_NEEDED`` of the
+explained update to what the named candidates explain alone, with step scales and preconditioner of their own
+(``unnamed_gain``); along directions the data leaves undetermined (½‖θ‖² is exactly a sum of unnamed
+curvatures), the unnamed coefficients are made as small as possible. So ``unnamed_share`` is 0 when the named
+candidates explain everything. The undetermined directions are reported (``undetermined``); intervals are
+bootstrap percentiles over tasks.
 
 What the basis cannot express: curvature that couples parameters (a rotated quadratic other than a named
-one), centres that differ per task, and anything beyond second order; their share of the updates stays in
-``1 − r2``. Named candidates whose gradients vanish or are parallel to another's along the rollout are
-aliases (``probes.catalogue.inverse.named_aliases``) and get no weight.
+one), centres that differ per task, anything beyond second order, and elementwise clipping as a dynamic; their
+share of the updates stays in ``1 − r2``. Named candidates whose gradients vanish, are parallel to another's or
+are a fixed combination of others along the rollouts are aliases (``probes.catalogue.inverse.named_aliases``,
+``_span_aliases``) and get no weight.
 """
 
 from __future__ import annotations
