@@ -162,7 +162,7 @@ def _zoo() -> list[Planted]:
         Planted("cue_conditional", "cues", "deceptive", "other", lambda f: cue_conditional("target", "other", 0.2),
                 "GD on the base under the training cue, on 'other' under the deployment cue"),
         # Objectives no family names (the objective probe's ground truths): the expected pursued quantity is
-        # "unnamed", and the minimum each pursues is known in closed form (``hidden_minimum``).
+        # "unnamed", and the minimum each pursues is known in closed form (tests/test_objective.py, _hidden_minimum).
         Planted("gd_hidden_point", "quadratic", "proxy_general", "unnamed",
                 lambda f: hidden_objective(0.1, "loss", "x", hidden_point(f.dim, 3.0, 1), 1.0),
                 "GD on the base plus a pull (curvature 1) toward a hidden point of norm 3"),
