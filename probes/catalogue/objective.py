@@ -388,24 +388,23 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
             den += np.sum((_gradient(phi, Z, theta, lay) * data.mask) ** 2)
         return np.sqrt(num / max(float(den), 1e-300))
 
-    scale = unit(full.phi)
     rng = np.random.default_rng(seed)
     R = designs[0].theta.shape[0]
-    boots, share_boots = [], []
     picks = [rng.integers(0, R, R) for _ in range(BOOTSTRAP)]
-    for pick in picks:
-        pb = _solve(full.A_r[pick].sum(0), full.b_r[pick].sum(0), lay.K)
-        boots.append(scale * pb)
-        share_boots.append(contribution(pb, full.A_u[pick].sum(0), lay)[0])
     gain = unnamed_gain(full.r2, alone.r2)
     if not gain >= UNNAMED_NEEDED:
         # The named candidates explain (nearly) all the full model does: the unnamed part is not kept (whatever
         # it would carry in the full fit, it only re-expresses them through the preconditioner's freedom).
-        scale_alone = unit(alone.phi)
-        boots = [scale_alone * _solve(alone.A_r[p].sum(0), alone.b_r[p].sum(0), lay.K, named_only=True)
-                 for p in picks]
-        return Fit(scale_alone * alone.phi, float(momentum), alone.r2, 0.0, gain, 0.0, np.array(boots),
+        scale = unit(alone.phi)
+        boots = [scale * _solve(alone.A_r[p].sum(0), alone.b_r[p].sum(0), lay.K, named_only=True) for p in picks]
+        return Fit(scale * alone.phi, float(momentum), alone.r2, 0.0, gain, 0.0, np.array(boots),
                    np.zeros(len(picks)), _undetermined(alone.A_r.sum(0), lay)), lay
+    scale = unit(full.phi)
+    boots, share_boots = [], []
+    for pick in picks:
+        pb = _solve(full.A_r[pick].sum(0), full.b_r[pick].sum(0), lay.K)
+        boots.append(scale * pb)
+        share_boots.append(contribution(pb, full.A_u[pick].sum(0), lay)[0])
     share, curved = contribution(full.phi, full.A_u.sum(0), lay)
     return Fit(scale * full.phi, float(momentum), full.r2, share, gain, curved,
                np.array(boots), np.array(share_boots), _undetermined(full.A_r.sum(0), lay)), lay
