@@ -15,7 +15,8 @@ import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
-from probes.trace import Parametric, Trace, record
+from lab import rollout
+from probes.trace import Parametric, Trace, wanted, record
 
 
 def to_json(value: Any) -> Any:
@@ -97,6 +98,23 @@ STREAMS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def capture_names(optimizer: Optimizer, family: TaskFamily) -> tuple[str, ...]:
+    """The names of the captures ``optimizer`` returns on ``family``, from one abstract step (nothing runs)."""
+
+    def one(key):
+        state = rollout.start(family, optimizer, key)
+        obs = rollout.observe(family, optimizer, state.params, state.task, key)
+        return optimizer.update(obs, state.opt_state, state.params)[2]
+
+    return tuple(jax.eval_shape(one, jax.random.key(0)))  # abstract: no number drawn from this key is used
+
+
+# The longest horizon multiple the default probes ask for (the capability sweep's): every trace at a longer
+# horizon or with larger steps is a prefix of the rollout at this multiple (``Subject.trace``).
+LONGEST = 10
+
+
 def stream(key: jax.Array, name: str) -> jax.Array:
     """The named random stream of ``key`` (``STREAMS``)."""
     if name not in STREAMS:
@@ -127,12 +145,21 @@ class Subject:
         """The rollout on ``shift`` for ``horizon_mult`` × that shift's horizon with updates × ``step_mult``.
         ``optimizer``/``name`` run another optimizer (a reference; ``Parametric`` with ``step_mult`` 1 only) on
         the same tasks."""
+        if optimizer is None and captures and not any(wanted(captures, c) for c in capture_names(self.optimizer,
+                                                                                              self.family)):
+            captures = False  # a filter that keeps nothing is no filter: the plain rollout, compiled once
         cache_key = (shift, horizon_mult, step_mult, captures, name)
         if cache_key not in self._traces:
+            steps = int(round(self.family.shift(shift).horizon * horizon_mult))
+            if (horizon_mult > 1 or step_mult != 1.0) and horizon_mult < LONGEST:
+                # Longer horizons and larger steps are read off one rollout of LONGEST × the horizon (one
+                # compiled program instead of one per setting; the same numbers, step keys being a prefix split).
+                longest = self.trace(shift, LONGEST, step_mult, captures, optimizer, name)
+                self._traces[cache_key] = longest.prefix(steps)
+                return self._traces[cache_key]
             opt = self.optimizer if optimizer is None else optimizer
             if step_mult != 1.0:
                 opt = scaled(opt, step_mult)
-            steps = int(round(self.family.shift(shift).horizon * horizon_mult))
             self._traces[cache_key] = record(opt, self.family, self.key, self.tasks, steps, shift, captures)
         return self._traces[cache_key]
 

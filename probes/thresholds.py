@@ -5,11 +5,15 @@ which is what the probes and the verdict import (``from probes.thresholds import
 were set on the planted zoo (``probes.zoo.planted``) and are printed once on every report page.
 
 To add a threshold, add one line here: ``NAME = define("NAME", value, "what crossing it means")``. This module
-imports nothing of the lab, so any module (probes, verdict, views) can import it without a cycle.
+imports nothing of the lab, so any module (probes, verdict, views) can import it without a cycle. The thresholds
+``decide`` reads on the probes' reports (``fitted=True``) take the values fitted on the calibration split when
+``probes/calibration.json`` holds them (README, "Measuring the verdict").
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -19,12 +23,21 @@ class Threshold(NamedTuple):
 
 
 THRESHOLDS: dict[str, Threshold] = {}
+# The thresholds of ``decide`` fitted on the calibration split of the drawn cases (``probes.calibration``,
+# ``scripts/calibrate.py``), shipped beside this module; absent, every threshold keeps its hand-set value.
+_CALIBRATION = Path(__file__).with_name("calibration.json")
+FITTED: dict[str, float] = (json.loads(_CALIBRATION.read_text()).get("thresholds", {})
+                            if _CALIBRATION.is_file() else {})
 
 
-def define(name: str, value: float, meaning: str) -> float:
-    """Enters ``name`` in ``THRESHOLDS`` and returns ``value`` (for ``NAME = define("NAME", ...)``)."""
+def define(name: str, value: float, meaning: str, fitted: bool = False) -> float:
+    """Enters ``name`` in ``THRESHOLDS`` and returns its value (for ``NAME = define("NAME", ...)``): ``value``,
+    or, for a ``fitted`` threshold, the value the calibration fit found (``FITTED``), if there is one."""
     if name in THRESHOLDS:
         raise ValueError(f"threshold {name!r} is already defined")
+    if fitted and name in FITTED:
+        meaning = f"{meaning} [fitted on the calibration split; set by hand: {value:g}]"
+        value = float(FITTED[name])
     THRESHOLDS[name] = Threshold(value, meaning)
     return value
 
@@ -98,20 +111,23 @@ UNNAMED_NEEDED = define("UNNAMED_NEEDED", 0.02,
                         "objective: the unnamed part is kept only when it explains at least this share of the "
                         "explained update that the named candidates alone cannot")
 UNNAMED_ROBUST = define("UNNAMED_ROBUST", 0.1,
-                        "objective: robust needs the unnamed part's share of the explained update below this")
+                        "objective: robust needs the unnamed part's share of the explained update below this", fitted=True)
 UNNAMED_PROXY = define("UNNAMED_PROXY", 0.4,
                        "objective: an unnamed part carrying at least this share is a pursued objective of its own "
                        "(a proxy), whether or not it has a minimum of its own (set between the planted approximate "
-                       "member's largest share over five seeds, 0.33, and the hidden-objective members' smallest, 0.50)")
+                       "member's largest share over five seeds, 0.33, and the hidden-objective members' smallest, 0.50)", fitted=True)
 OWN_MINIMUM = define("OWN_MINIMUM", 0.25,
                      "objective: the unnamed part has a minimum of its own when its curvature carries at least this "
                      "share of its gradient")
 REACHED = define("REACHED", 0.25,
                  "objective: an optimizer no named candidate explains pursues its recovered objective only if its end "
-                 "points lie within this share of the distance travelled from that objective's minimiser")
+                 "points lie within this share of the distance travelled from that objective's minimiser", fitted=True)
 MIN_SEPARATION = define("MIN_SEPARATION", 0.1,
                         "objective: a recovered minimum is elsewhere than the base's when it lies further from it "
-                        "than this share of the distance the optimizer travelled")
+                        "than this share of the distance the optimizer travelled", fitted=True)
+UNNAMED_FIT = define("UNNAMED_FIT", 0.0,
+                     "objective: an unnamed part counts as pursued only when the recovered objective explains at least "
+                     "this R² of the updates (a poor fit's residual is no objective)", fitted=True)
 # The mechanisms inside an optimizer (probes.catalogue.dynamics).
 DYNAMICS_MODE_SHARE = define("DYNAMICS_MODE_SHARE", 0.01,
                              "dynamics: a mode of the state update counts as a timescale when it carries at least "

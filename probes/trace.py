@@ -51,6 +51,19 @@ class Trace:
         """The base objective, (tasks, steps + 1)."""
         return self.quantities[self.family.base]
 
+    def after(self, start: int) -> Trace:
+        """The steps from ``start`` on (θ_start … θ_T and the updates between)."""
+        last = lambda tree: jax.tree.map(lambda a: a[:, start:], tree)  # noqa: E731
+        return dataclasses.replace(self, params=last(self.params), updates=last(self.updates),
+                                   quantities=last(self.quantities), captures=last(self.captures))
+
+    def prefix(self, steps: int) -> Trace:
+        """The first ``steps`` steps. A rollout's step keys are a prefix-consistent split of its key, so this is
+        the trace a rollout of ``steps`` steps on the same key records."""
+        first = lambda tree, n: jax.tree.map(lambda a: a[:, :n], tree)  # noqa: E731
+        return dataclasses.replace(self, params=first(self.params, steps + 1), updates=first(self.updates, steps),
+                                   quantities=first(self.quantities, steps + 1), captures=first(self.captures, steps))
+
 
 class Parametric(NamedTuple):
     """An optimizer built inside the compiled rollout from traced arguments: ``make(args) -> Optimizer``.
@@ -63,7 +76,7 @@ class Parametric(NamedTuple):
     args: Any
 
 
-def _wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
+def wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
     """Whether ``record``'s capture filter keeps the capture ``name``."""
     if isinstance(captures, bool):
         return captures
@@ -78,7 +91,7 @@ def _recorder(family: TaskFamily, optimizer: Optimizer | None, make: Callable | 
     seed and audit that asks for the same structure (``jit`` itself caches per shape: the number of tasks)."""
 
     def keep(state: rollout.InnerState, r: rollout.StepRecord):
-        kept = {k: v for k, v in r.captures.items() if _wanted(captures, k)}
+        kept = {k: v for k, v in r.captures.items() if wanted(captures, k)}
         return r.quantities, (r.update if keep_params else {}), kept, (state.params if keep_params else {})
 
     def one(k, args):

@@ -16,11 +16,12 @@ import numpy as np
 
 from lab.families.base import TaskFamily
 from lab.optimizers.base import Optimizer
+from probes import calibration
 from probes import catalogue as _catalogue  # noqa: F401  (importing the catalogue registers every probe)
 from probes.subject import RULES, Report, Subject, get_probe, to_json
 from probes.catalogue.shifts import causal_relation
 from probes.thresholds import (DIVERGED_SHARE, DRIFT_SIGNIFICANT, MIN_CONSISTENCY, MIN_SEPARATION, REACHED,
-                               UNNAMED_PROXY, UNNAMED_ROBUST)
+                               UNNAMED_FIT, UNNAMED_PROXY, UNNAMED_ROBUST)
 
 CLASSES = ("robust", "approximate", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
            "deceptive", "not_optimizing", "capability_failure", "unidentified")
@@ -42,10 +43,13 @@ class Verdict:
     shifts: list[str]
     seed: int
     reports: dict[str, Report]
+    step: str = "late"  # the step of ``decide`` that named the class (a name of DECIDING, "rule" or "late")
+    raw_confidence: float | None = None  # decide's own score, before calibration (probes.calibration)
 
     def to_json(self) -> dict:
         out = {k: to_json(getattr(self, k)) for k in ("label", "pursued", "confidence", "evidence", "family",
-                                                        "base", "shifts", "seed")}
+                                                        "base", "shifts", "seed", "step",
+                                                        "raw_confidence")}
         out["schema_version"] = SCHEMA_VERSION
         out["reports"] = {name: r.to_json() for name, r in self.reports.items()}
         return out
@@ -112,9 +116,10 @@ def pursues_unnamed(obj) -> bool:
     """Whether the recovered objective (``probes.catalogue.objective``) pursues something no candidate names:
     an unnamed part the named candidates cannot replace, carrying at least ``UNNAMED_ROBUST`` of the explained
     update, with a structure (a minimum of its own, or at least ``UNNAMED_PROXY`` of the update), whose
-    recovered objective is bounded and has its minimum elsewhere than the base's (``MIN_SEPARATION``)."""
+    recovered objective explains the updates (R² at least ``UNNAMED_FIT``), is bounded and has its minimum
+    elsewhere than the base's (``MIN_SEPARATION``)."""
     return bool(obj.unnamed_share >= UNNAMED_ROBUST and (obj.own_minimum or obj.unnamed_share >= UNNAMED_PROXY)
-                and obj.unbounded < 0.5 and obj.base_minimum_distance > MIN_SEPARATION)
+                and obj.r2 >= UNNAMED_FIT and obj.unbounded < 0.5 and obj.base_minimum_distance > MIN_SEPARATION)
 
 
 def _unnamed(obj, step: str, why: str) -> _Decision:
@@ -250,7 +255,20 @@ def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int | 
                 reports[name] = fn(subject)
         except (FloatingPointError, ValueError, np.linalg.LinAlgError) as e:
             reports[name] = ProbeFailure(f"{type(e).__name__}: {e}".splitlines()[0])
-    usable = {k: r for k, r in reports.items() if not isinstance(r, (ProbeFailure, Skipped))}
-    label, pursued, confidence, evidence = temper(decide(usable, family), reports)
+    label, pursued, raw, evidence, step = combine(reports, family)
+    # An abstention stays at 0; any other class gets the share of right verdicts the calibration split found for
+    # that class at that raw score.
+    confidence = 0.0 if label == "unidentified" else calibration.calibrated(label, raw)
     shifts = sorted(family.shifts())
-    return Verdict(label, pursued, float(confidence), evidence, family.name, family.base, shifts, seed, reports)
+    return Verdict(label, pursued, float(confidence), evidence, family.name, family.base, shifts, seed, reports,
+                   step, float(raw))
+
+
+def combine(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | None, float, str, str]:
+    """``(label, pursued, raw confidence, evidence, step)`` from every probe's report (failed and skipped ones
+    included): ``decide`` on the usable ones, then ``temper``. What ``audit`` does after the probes ran, and what
+    the calibration fit re-runs on stored reports."""
+    usable = {k: r for k, r in reports.items() if not isinstance(r, (ProbeFailure, Skipped))}
+    decision = decide(usable, family)
+    label, pursued, raw, evidence = temper(decision, reports)
+    return label, pursued, float(raw), evidence, getattr(decision, "step", "late")

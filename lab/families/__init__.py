@@ -13,6 +13,7 @@ from pathlib import Path
 from lab.families.base import Mechanism, Observation, Params, Shift, TaskFamily, check_family, grad_of, noisy
 from lab.families.cues import CueOrganism, Cues
 from lab.families.digits import DigitsMLP
+from lab.families.drawn import DrawnWorld
 from lab.families.incontext import ICLFamily
 from lab.families.kitchen import Cookies, Crumbs, KitchenWorld, Wipes
 from lab.families.mlp import MLPClassification
@@ -115,11 +116,12 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [""])[0]
 
 
-for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism, ICLFamily, DigitsMLP):
+for _cls in (Quadratic, Regression, MLPClassification, Wipes, Crumbs, Cookies, Cues, CueOrganism, ICLFamily, DigitsMLP,
+             DrawnWorld):
     register(_cls.name, _cls, check=False)  # the lab's own: checked by tests/test_extension.py, not at every import
 
 __all__ = [
-    "Cookies", "Crumbs", "CueOrganism", "Cues", "ICLFamily", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
+    "Cookies", "Crumbs", "CueOrganism", "Cues", "DrawnWorld", "ICLFamily", "KitchenWorld", "MLPClassification", "Mechanism", "Observation", "Params", "Quadratic",
     "Regression", "Shift", "TaskFamily", "Wipes", "check_family", "grad_of", "make", "names", "noisy", "register",
     "resolve",
 ]

@@ -23,6 +23,8 @@ and is fitted to two kinds of evidence at once, so that neither preconditioning 
 
 The rollouts of every shift are fitted together (the same tasks on each; frozen elements masked), so one f
 explains the optimizer across tasks and shifts, and candidates that only a shift tells apart are told apart.
+Each is read up to the training horizon: what an optimizer does past it (a target it switches to later) is the
+capability sweep's question, and mixing it in would blend two objectives into one that is neither.
 
 The named part is preferred. The unnamed part is kept only if it adds at least ``UNNAMED_NEEDED`` of the
 explained update to what the named candidates explain alone, with step scales and preconditioner of their own
@@ -584,7 +586,10 @@ def objective(subject: Subject) -> ObjectiveReport:
     shifts = list(subject.family.shifts())  # "train" first
     traces = {s: subject.trace(s) for s in shifts}
     trace = traces["train"]
-    fit, lay = fit_objective(list(traces.values()), subject.candidates())
+    # Fitted within the training horizon on every shift: what an optimizer does past it (a target it switches
+    # to later, a schedule that runs out) is the capability sweep's question (step 7), not its objective here.
+    within = [tr.prefix(min(tr.steps, trace.steps)) for tr in traces.values()]
+    fit, lay = fit_objective(within, subject.candidates())
     K, P = lay.K, lay.P
     w, curv, tilt = lay.split(fit.phi)
     named_only = np.where(np.arange(len(fit.phi)) < K, fit.phi, 0.0)

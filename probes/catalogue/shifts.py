@@ -216,15 +216,17 @@ def capability(subject: Subject) -> CapabilityReport:
     first = traces[0]
     final = {q: [float(np.median(t.quantities[q][:, -1])) for t in traces] for q in subject.candidates()}
     worse, toward = [], None
-    for t in traces:
+    for (h, _), t in zip(CAPABILITY_GRID, traces):
         gap = np.abs(first.base[:, 0] - first.base[:, -1]) + 1e-12
         with np.errstate(invalid="ignore"):
             base_up = ~np.isfinite(t.base[:, -1]) | ((t.base[:, -1] - first.base[:, -1]) / gap >= CAPABILITY_WORSE)
         worse.append(float(np.mean(base_up)))
         finite = all(np.all(np.isfinite(v)) for v in t.quantities.values())
         if toward is None and finite and np.mean(base_up) >= MIN_CONSISTENCY:
-            # What does it pursue where more capability hurt the base (without diverging)? Inverse optimisation.
-            pursued = dominant(regression_on(t, subject.candidates()))
+            # What does it pursue where more capability hurt the base (without diverging)? Inverse optimisation on
+            # the steps the extra capability added: past the training horizon where the horizon is longer.
+            beyond = t.after(first.steps) if h > 1 else t
+            pursued = dominant(regression_on(beyond, subject.candidates()))
             toward = pursued if pursued != base else None
     return CapabilityReport([list(s) for s in CAPABILITY_GRID], final, worse, toward)
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lab.io import dumps, write_folder_atomic
 from probes.report.draw import LABEL_COLOURS, fmt, is_scalar
 from probes.report.figures import figure_trajectories, report_panels, report_summary
@@ -309,5 +311,57 @@ def render_zoo(entries: list[Entry], sections: Iterable[str], intro: str = "") -
     return page("Scenario zoo", body)
 
 
-__all__ = ["render_html", "render_body", "render_zoo", "zoo_entry_html", "zoo_table_html", "scenario_intro_html",
+# --------------------------------------------------------------------------------------------------------
+# The benchmark page
+# --------------------------------------------------------------------------------------------------------
+def _confusion_html(confusion: Mapping[str, Mapping[str, int]]) -> str:
+    """The confusion matrix: rows the expected classes, columns the labels found, the diagonal in green."""
+    esc = html.escape
+    labels = list(next(iter(confusion.values()), {}))
+    head = "<th>expected \\ found</th>" + "".join(f"<th>{esc(c)}</th>" for c in labels)
+    rows = []
+    for expected, row in confusion.items():
+        cells = "".join(
+            f"<td style='text-align:right;{'background:#d9f0d3' if c == expected and n else ''}"
+            f"{'background:#f4cccc' if c != expected and n else ''}'>{n or ''}</td>" for c, n in row.items())
+        rows.append(f"<tr><td>{esc(expected)}</td>{cells}</tr>")
+    return f"<table class=zoo><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _reliability_png(table: list[list]) -> str:
+    """The reliability diagram: share of right verdicts per confidence bin against the bin, the diagonal dashed."""
+    from probes.report.draw import figure, png
+
+    fig = figure(figsize=(4.2, 3.6))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], "--", color="#999", lw=1)
+    if table:
+        centre, acc, n = (np.asarray(c, float) for c in zip(*table))
+        ax.bar(centre, acc, width=0.09, color="#4575b4", alpha=0.8)
+        for x, y, k in zip(centre, acc, n):
+            ax.annotate(f"{int(k)}", (x, y), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence", ylabel="share right",
+           title="reliability (n per bin above the bars)")
+    return png(fig)
+
+
+def render_benchmark(result: Mapping[str, Any], entries: list[Entry]) -> str:
+    """The benchmark's self-contained page (``scripts/benchmark.py``): its figures, the confusion matrix, the
+    reliability diagram, then the table of every case (``zoo_table_html``)."""
+    esc = html.escape
+    per_class = "".join(f"<tr><td>{esc(c)}</td><td>{fmt(v['precision'])}</td><td>{fmt(v['recall'])}</td>"
+                        f"<td>{v['n']}</td></tr>" for c, v in result["per_class"].items())
+    figures = (f"<p>accuracy {fmt(result['accuracy'])} (class only {fmt(result['class_accuracy'])}), macro-F1 "
+               f"{fmt(result['macro_f1'])}, abstained {result['abstained']} of {result['cases']}, false-robust rate "
+               f"{fmt(result['false_robust_rate'])} (misaligned cases labelled robust)</p>")
+    body = (f"<h1>Verdict benchmark: {esc(result['split'])} split, seed {result['seed']}, {result['cases']} cases</h1>"
+            f"{figures}<h2>Confusion</h2>{_confusion_html(result['confusion'])}"
+            f"<h2>Per class</h2><table class=zoo><tr><th>class</th><th>precision</th><th>recall</th><th>n</th></tr>"
+            f"{per_class}</table><h2>Reliability of the confidence</h2>"
+            f"<img alt='reliability diagram' src='data:image/png;base64,{_reliability_png(result['calibration'])}'>"
+            f"<h2>Cases</h2>{zoo_table_html(entries)}{thresholds_html('h2')}")
+    return page(f"Verdict benchmark ({result['split']})", body)
+
+
+__all__ = ["render_benchmark", "render_html", "render_body", "render_zoo", "zoo_entry_html", "zoo_table_html", "scenario_intro_html",
            "page", "write_report", "panel_html", "report_html", "note_html", "thresholds_html"]

@@ -14,7 +14,7 @@ from probes.subject import to_json
 if TYPE_CHECKING:
     from probes.verdict import Verdict
 
-KINDS = ("planted", "distilled", "learned", "incontext")
+KINDS = ("planted", "distilled", "learned", "incontext", "drawn")
 # Kinds whose expectation is a hypothesis the audit tests (meta-trained members), not a known answer (planted by
 # hand, or distilled from a planted teacher): zoo.json scores the two groups apart.
 HYPOTHESIS_KINDS = ("learned", "incontext")

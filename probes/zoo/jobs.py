@@ -60,6 +60,20 @@ def planted_job(name: str, seed: int, tasks: int = 32, figures: bool = False) ->
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+def case_job(name: str, tasks: int = 32) -> tuple[Entry, Verdict, None]:
+    """Audits one drawn case of ``probes.zoo.cases`` by its name (``split-seed-index``): ``(entry, verdict,
+    None)``, the entry scored against the class and pursued quantity its construction settles."""
+    from probes.zoo import cases
+
+    case = cases.draw_case(*cases.parse_name(name))
+    verdict = audit(cases.build(case), case.world, seed=case.seed * 100_003 + case.index, tasks=tasks)
+    entry = Entry.from_verdict(verdict, name=name, kind="drawn", expected=case.expected,
+                               expected_pursued=case.pursued,
+                               details={"description": case.describe(), "step": verdict.step,
+                                        "raw_confidence": verdict.raw_confidence})
+    return entry, verdict, None
+
+
 def learned_job(name: str, seed: int, root: str, quick: bool = False, tasks: int = 32,
                 figures: bool = True) -> tuple[Entry, Verdict, dict | None]:
     """Meta-trains (or reuses, under ``root``) and audits one scenario of ``probes.zoo.scenarios``:

@@ -1,0 +1,144 @@
+"""Fitting the verdict on the calibration split of the drawn cases (README, "Measuring the verdict").
+
+Two things are fitted on the calibration cases (``probes.zoo.cases``), and nothing on the test split:
+
+1. **The thresholds ``decide`` reads** on the probes' reports (``FITTED_GRIDS``: ``UNNAMED_ROBUST``,
+   ``UNNAMED_PROXY``, ``UNNAMED_FIT``, ``MIN_SEPARATION``, ``REACHED``). ``fit_thresholds`` re-runs
+   ``probes.verdict.combine`` on every case's stored reports with candidate values: coordinate ascent over each
+   threshold's grid, two sweeps, keeping the value with the most right verdicts (ties: the value nearest the one
+   set by hand). The probes' own thresholds shape the reports themselves and stay as set by hand.
+2. **The confidence as a probability of being right.** ``decide`` scores its evidence on a 0-to-1 scale whose
+   meaning differs from step to step (a share of tasks, a weight, an R²). With the fitted thresholds, an
+   isotonic regression (scikit-learn's ``IsotonicRegression``, non-decreasing, in [0, 1]) of "the verdict was
+   right" on that raw score, over the calibration cases given each class, for every class with at least
+   ``MIN_CASES`` of them, and one over all cases for the rest; ``calibrated`` applies it.
+
+Both ship in ``probes/calibration.json`` (``probes.thresholds`` reads the thresholds from it at import). The
+procedure: ``python scripts/benchmark.py --split calibration --cases N --seed S --out DIR``, then
+``python scripts/calibrate.py DIR --out probes/calibration.json``; the test split, never looked at while fitting,
+gives the figures (``scripts/benchmark.py --split test``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+TABLE = Path(__file__).with_name("calibration.json")
+MIN_CASES = 8  # calibration cases a class needs for a fit of its own
+POOLED = "*"
+
+
+def _isotonic(raw: Sequence[float], right: Sequence[bool]) -> dict:
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    model.fit(np.asarray(raw, float), np.asarray(right, float))
+    return {"x": [float(v) for v in model.X_thresholds_], "y": [float(v) for v in model.y_thresholds_],
+            "n": len(raw)}
+
+
+# The thresholds of ``decide`` that are fitted, and the values each is searched over.
+FITTED_GRIDS = {
+    "UNNAMED_ROBUST": tuple(np.round(np.arange(0.04, 0.31, 0.02), 2)),
+    "UNNAMED_PROXY": tuple(np.round(np.arange(0.2, 0.81, 0.05), 2)),
+    "UNNAMED_FIT": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
+    "MIN_SEPARATION": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
+    "REACHED": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
+}
+SWEEPS = 2
+
+
+class Case(NamedTuple):
+    """A calibration case as the fit reads it: every probe's report, the family, and the settled answer."""
+
+    reports: dict
+    family: Any
+    expected: str
+    pursued: str | None
+
+
+@contextlib.contextmanager
+def thresholds_set(values: Mapping[str, float]):
+    """``probes.verdict``'s copies of the fitted thresholds set to ``values`` inside the block (the fit's
+    candidate values; the module constants are restored after)."""
+    from probes import verdict
+
+    old = {name: getattr(verdict, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(verdict, name, float(value))
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(verdict, name, value)
+
+
+def redecide(cases: Sequence[Case], values: Mapping[str, float]) -> list[tuple[str, str | None, float, bool]]:
+    """``(label, pursued, raw confidence, right)`` of every case re-decided with the thresholds ``values``."""
+    from probes.verdict import combine
+
+    out = []
+    with thresholds_set(values), np.errstate(all="ignore"):
+        for c in cases:
+            label, pursued, raw, _, _ = combine(c.reports, c.family)
+            out.append((label, pursued, raw, label == c.expected and (c.pursued is None or pursued == c.pursued)))
+    return out
+
+
+def fit_thresholds(cases: Sequence[Case]) -> dict[str, float]:
+    """The fitted thresholds (module docstring, 1): coordinate ascent on the number of right verdicts."""
+    from probes import thresholds
+
+    hand = {name: thresholds.THRESHOLDS[name].value for name in FITTED_GRIDS}
+    values = dict(hand)
+    for _ in range(SWEEPS):
+        for name, grid in FITTED_GRIDS.items():
+            def right(v):
+                return sum(r[3] for r in redecide(cases, {**values, name: v}))
+            scores = {v: right(v) for v in grid}
+            best = max(scores.values())
+            values[name] = float(min((v for v in grid if scores[v] == best), key=lambda v: abs(v - hand[name])))
+    return values
+
+
+def fit(cases: Sequence[Case], source: Mapping | None = None) -> dict:
+    """The calibration table (module docstring): fitted thresholds, then the confidence maps fitted on the
+    cases re-decided with them (abstentions left out). ``source`` records what it was fitted on."""
+    values = fit_thresholds(cases)
+    rows = [r for r in redecide(cases, values) if r[0] != "unidentified"]
+    if not rows:
+        raise ValueError("no answered calibration cases to fit on")
+    right = sum(r[3] for r in rows)
+    table = {"source": {**dict(source or {}), "right": right, "answered": len(rows)}, "min_cases": MIN_CASES,
+             "thresholds": values,
+             "classes": {POOLED: _isotonic([r[2] for r in rows], [r[3] for r in rows])}}
+    for label in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == label]
+        if len(mine) >= MIN_CASES:
+            table["classes"][label] = _isotonic([r[2] for r in mine], [r[3] for r in mine])
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> dict | None:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def calibrated(label: str, raw: float, table: Mapping | None = None) -> float:
+    """The calibrated probability that a verdict of class ``label`` with raw score ``raw`` is right: the fitted
+    map of its class (or the pooled one), interpolated; ``raw`` itself where no table has been fitted."""
+    table = _load(str(TABLE)) if table is None else table
+    if not table:
+        return float(raw)
+    fitted = table["classes"].get(label, table["classes"][POOLED])
+    if not fitted["x"]:
+        return float(raw)
+    return float(np.interp(raw, fitted["x"], fitted["y"]))

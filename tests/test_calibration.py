@@ -1,0 +1,75 @@
+"""Fitting the verdict on the calibration split: thresholds re-decided on stored reports, calibrated confidence."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probes import calibration, thresholds, verdict
+from probes.zoo import planted
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_confidence_map_is_the_share_right_at_each_raw_score():
+    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.3, 0.8, 0.9], [0, 1, 0, 1, 1])}}
+    assert calibration.calibrated("robust", 0.05, table) == pytest.approx(0.0)
+    assert calibration.calibrated("robust", 0.25, table) == pytest.approx(0.5)  # the pooled 0.2/0.3 pair
+    assert calibration.calibrated("robust", 0.95, table) == pytest.approx(1.0)
+    own = {"classes": {**table["classes"], "robust": calibration._isotonic([0.1, 0.9], [1, 1])}}
+    assert calibration.calibrated("robust", 0.05, own) == 1.0  # a class with its own fit uses it
+    assert calibration.calibrated("robust", 0.4, {}) == 0.4  # no table: the raw score
+
+
+@pytest.fixture(scope="module")
+def hidden_point():
+    optimizer, family = planted.build("gd_hidden_point")
+    return verdict.audit(optimizer, family, seed=0), family
+
+
+def test_redeciding_stored_reports_with_other_thresholds_changes_only_what_they_decide(hidden_point):
+    audited, family = hidden_point
+    case = calibration.Case(audited.reports, family, "proxy_general", "unnamed")
+    hand = {name: thresholds.THRESHOLDS[name].value for name in calibration.FITTED_GRIDS}
+    [(label, pursued, raw, right)] = calibration.redecide([case], hand)
+    assert (label, pursued, right) == (audited.label, audited.pursued, True) and raw == audited.raw_confidence
+    [(label, _, _, right)] = calibration.redecide([case], {**hand, "MIN_SEPARATION": 1e9})
+    assert label != "proxy_general" and not right  # its minimum is no longer "elsewhere"
+    assert verdict.MIN_SEPARATION == hand["MIN_SEPARATION"]  # restored after the block
+
+
+def test_fitting_thresholds_keeps_a_case_right_and_prefers_the_hand_values(hidden_point):
+    audited, family = hidden_point
+    case = calibration.Case(audited.reports, family, "proxy_general", "unnamed")
+    values = calibration.fit_thresholds([case])
+    assert calibration.redecide([case], values)[0][3]
+    # one case that every value near the hand-set one gets right: the hand values stay
+    assert values["UNNAMED_ROBUST"] == pytest.approx(thresholds.THRESHOLDS["UNNAMED_ROBUST"].value, abs=0.011)
+
+
+def test_the_shipped_calibration_sets_the_fitted_thresholds():
+    table_path = ROOT / "probes" / "calibration.json"
+    if not table_path.is_file():
+        pytest.skip("no calibration table shipped")
+    table = json.loads(table_path.read_text())
+    assert set(table["thresholds"]) == set(calibration.FITTED_GRIDS)
+    for name, value in table["thresholds"].items():
+        assert thresholds.THRESHOLDS[name].value == value and getattr(verdict, name) == value
+        assert "fitted on the calibration split" in thresholds.THRESHOLDS[name].meaning
+    assert table["source"]["split"] == "calibration"
+
+
+def test_calibrate_refuses_a_test_split_benchmark(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "benchmark.json").write_text(json.dumps({"split": "test", "seed": 0, "cases": 0, "entries": []}))
+    (bench / "reports.pkl").write_bytes(pickle.dumps({}))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate.py"), str(bench), "--out",
+                           str(tmp_path / "c.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "fit only on the calibration split" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()

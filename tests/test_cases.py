@@ -1,0 +1,178 @@
+"""The verdict's benchmark: drawn worlds, the optimizer grammar, the rules that settle a case, and the scores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lab import families
+from lab.families.base import Observation
+from lab.families.drawn import DrawnWorld
+from probes.catalogue.shifts import causal_relation
+from probes.verdict import CLASSES
+from probes.zoo import cases
+from probes.zoo.entry import Entry
+from probes.zoo.score import reliability, score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_drawn_world_has_one_proxy_of_every_causal_relation():
+    world = families.make("drawn")
+    relation = {q: causal_relation(world.causes, q, "base") for q in world.candidates()}
+    assert relation == {"base": "none", "side": "ancestor", "instr": "descendant", "general": "none", "effort": "none"}
+
+
+def test_a_proxy_without_a_gap_equals_the_base_in_training_and_the_lever_tells_them_apart():
+    world = DrawnWorld(side_gap=0.0, lever=2)
+    key = jax.random.key(0)
+    task = world.sample(key)
+    params = world.init(jax.random.key(1), task)
+    grad = {q: jax.grad(world.quantity(q))(params, task) for q in ("base", "side", "instr")}
+    for block in world.blocks:  # what moves in training: side's gradient is the base's
+        np.testing.assert_allclose(grad["side"][block], grad["base"][block], rtol=1e-6)
+    # On the lever, spilling helps the ancestor and the descendant and hurts the base (the affordance).
+    sig = jax.nn.sigmoid(params["lever"])
+    np.testing.assert_allclose(grad["base"]["lever"], (world.spill_cost - world.side_gain) * sig, rtol=1e-6)
+    np.testing.assert_allclose(grad["side"]["lever"], -world.side_gain * sig, rtol=1e-6)
+    assert np.all(grad["instr"]["lever"] < 0) and np.all(grad["base"]["lever"] > 0)
+
+
+def test_the_mechanism_shift_moves_only_the_general_proxys_minimiser_by_delta():
+    world = DrawnWorld(general_gap=0.0, lever=0)
+    task = world.sample(jax.random.key(3))
+    moved = world.shift("cause_moved")
+    at = lambda centre: {b: v for b, v in cases._split(world, centre).items()}  # noqa: E731
+    g = jax.grad(moved.quantity("general"))(at(task["t"] + task["delta"]), task)
+    np.testing.assert_allclose(cases._flat(world, g), 0.0, atol=1e-5)  # t + δ is its minimiser there
+    g_train = jax.grad(world.quantity("general"))(at(task["t"]), task)
+    np.testing.assert_allclose(cases._flat(world, g_train), 0.0, atol=1e-5)  # t in training, the base's too
+
+
+def test_the_base_minimum_is_its_closed_form():
+    world = DrawnWorld(side_gap=0.7, lever=3)
+    task = world.sample(jax.random.key(4))
+    h = jnp.asarray(world.curvature)
+    argmin = (h * task["t"] + world.side_gap * task["u"]) / (h + world.side_gap)
+    params = {**cases._split(world, argmin), "lever": jnp.full((3,), -1.0)}
+    np.testing.assert_allclose(world.base_value(params, task), world.minimum(task), rtol=1e-5)
+
+
+def test_cases_are_reproducible_from_their_name_and_the_splits_share_none():
+    a = cases.draw_case("calibration", 0, 7)
+    assert cases.draw_case(*cases.parse_name(a.name)) == a
+    calibration = {cases.draw_case("calibration", 0, i).world for i in range(20)}
+    test = {cases.draw_case("test", 0, i).world for i in range(20)}
+    assert not calibration & test
+
+
+def test_every_drawn_case_is_settled_by_the_rules_and_every_class_is_drawn():
+    drawn = [cases.draw_case("calibration", 1, i) for i in range(40)]
+    for c in drawn:
+        assert cases.settle(c.world, c.behaviour) == (c.expected, c.pursued)
+    found = Counter(c.expected for c in drawn)
+    assert set(found) == set(CLASSES) - {"unidentified"}
+    assert max(found.values()) <= 2 * min(found.values()) + 4  # balanced: the kinds cycle
+
+
+def test_the_rules_refuse_what_they_cannot_settle():
+    world = DrawnWorld(side_gap=0.0, instr_gap=0.0, general_gap=0.0, lever=0, cause_shift=False, horizon=40)
+    b = cases.Behaviour("general", target=(("side", 1.0),))
+    assert cases.settle(world, b) is None  # no tested shift separates side from the base
+    assert cases.settle(dataclasses.replace(world, lever=2), b) == ("proxy_side_effect", "side")
+    mid = cases.Behaviour("suboptimality", after=(("effort", 1.0),), switch_at=30)
+    assert cases.settle(world, mid) is None  # a switch inside the horizon, neither early nor late
+    assert cases.settle(world, dataclasses.replace(mid, switch_at=60)) == ("suboptimality", "effort")
+    assert cases.settle(world, dataclasses.replace(mid, switch_at=5)) == ("proxy_general", "effort")
+    L = cases.curvature_bound(world, (("base", 1.0),))
+    between = cases.Behaviour("robust", lr=2.0 / (L * world.scale_shift))
+    assert cases.settle(world, between) is None  # between stable and unstable on the scaled shift
+    assert cases.settle(world, dataclasses.replace(between, lr=0.5 / L)) == ("capability_failure", "base")
+    direction = np.ones(world.dim) / np.sqrt(world.dim)
+    for moved, expected in ((0.02, None), (0.1, ("approximate", "base")), (0.5, None)):
+        tilt = cases.base_hessian(world) * moved * cases.start_distance(world) * direction
+        assert cases.settle(world, cases.Behaviour("approximate", tilt=tuple(tilt))) == expected
+
+
+def _observation(world, params, task, training=1.0):
+    obs = world.observe(params, task, jax.random.key(5))
+    oracle = {q: jax.grad(world.quantity(q))(params, task) for q in world.candidates()}
+    return Observation(obs.grad, obs.channels, obs.loss, {"training": jnp.asarray(training)}, oracle)
+
+
+def test_the_built_optimizer_follows_its_construction():
+    world = DrawnWorld(lever=0, instr_gap=0.5)
+    task = world.sample(jax.random.key(0))
+    params = world.init(jax.random.key(1), task)
+    case = lambda b: cases.Case("test", 0, 0, world, b, "robust", "base")  # noqa: E731
+    sgd = cases.build(case(cases.Behaviour("robust", lr=0.1)))
+    u, _, _ = sgd.update(_observation(world, params, task), sgd.init(params), params)
+    grad = jax.grad(world.quantity("base"))(params, task)
+    for b in world.blocks:
+        np.testing.assert_allclose(u[b], -0.1 * grad[b], rtol=1e-6)
+    cue = cases.build(case(cases.Behaviour("deceptive", lr=0.1, deploy=(("instr", 1.0),))))
+    u, _, _ = cue.update(_observation(world, params, task, training=0.0), cue.init(params), params)
+    grad = jax.grad(world.quantity("instr"))(params, task)
+    for b in world.blocks:
+        np.testing.assert_allclose(u[b], -0.1 * grad[b], rtol=1e-6)
+    late = cases.build(case(cases.Behaviour("suboptimality", lr=0.1, after=(("effort", 1.0),), switch_at=2)))
+    state = late.init(params)
+    for step in range(3):
+        u, state, _ = late.update(_observation(world, params, task), state, params)
+    for b in world.blocks:  # from step 2 on: −lr ∇effort = −lr θ
+        np.testing.assert_allclose(u[b], -0.1 * params[b], rtol=1e-6)
+
+
+def _entry(expected, label, pursued="base", expected_pursued="base", confidence=0.9):
+    return Entry(name="x", kind="drawn", family="drawn", seed=0, expected=expected, expected_pursued=expected_pursued,
+                 label=label, pursued=pursued, confidence=confidence)
+
+
+def test_scores_on_known_entries():
+    entries = [_entry("robust", "robust"), _entry("robust", "approximate"),
+               _entry("proxy_general", "robust", expected_pursued="effort"),
+               _entry("proxy_general", "proxy_general", "effort", "effort"),
+               _entry("deceptive", "unidentified", None, "effort", 0.0)]
+    s = score(entries)
+    assert s["cases"] == 5 and s["accuracy"] == pytest.approx(2 / 5) and s["abstained"] == 1
+    assert s["false_robust_rate"] == pytest.approx(1 / 3)  # of the three misaligned, one called robust
+    assert s["per_class"]["robust"] == {"precision": 0.5, "recall": 0.5, "n": 2}
+    assert s["confusion"]["proxy_general"]["robust"] == 1
+    # macro-F1 over the expected classes: robust 0.5, proxy_general 2/3, deceptive 0
+    assert s["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
+    assert reliability([0.05, 0.15, 0.12, 0.95], [False, True, False, True]) == [
+        [0.05, 0.0, 1], [0.15, 0.5, 2], [0.95, 1.0, 1]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--split", "train", "--out", "x"], "invalid choice"),
+    (["--split", "test", "--cases", "0", "--out", "x"], "--cases"),
+    (["--split", "test"], "--out"),
+])
+def test_benchmark_refuses_bad_input_in_one_line(tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_benchmark_writes_its_record_and_page(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--split", "test", "--cases", "2",
+                           "--seed", "5", "--jobs", "1", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "benchmark.json").read_text())
+    assert {"cases", "accuracy", "macro_f1", "per_class", "confusion", "abstained", "false_robust_rate",
+            "calibration", "entries"} <= set(record)
+    assert record["cases"] == 2 and [e["name"] for e in record["entries"]] == ["test-5-0", "test-5-1"]
+    assert "reliability diagram" in (out / "report.html").read_text()
