@@ -370,7 +370,8 @@ def test_cue_deploy_changes_only_the_training_cue(name, key):
 # what the primary gradient channel is an unbiased estimate of, per family
 UNBIASED_FOR = {"quadratic": "loss", "regression": "train_loss", "mlp": "train_loss",
                 "wipes": "dirt_left", "crumbs": "table", "cookies": "table", "cues": "target",
-                "cues_organism": "target", "incontext": "icl_ls", "digits_mlp": "train_loss"}
+                "cues_organism": "target", "incontext": "icl_ls", "digits_mlp": "train_loss",
+                "drawn": "base"}
 
 
 @pytest.mark.parametrize("name", NAMES)
