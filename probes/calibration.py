@@ -51,6 +51,7 @@ FITTED_GRIDS = {
     "UNNAMED_FIT": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
     "MIN_SEPARATION": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
     "REACHED": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
+    "SUBOPTIMAL_SHARE": tuple(np.round(np.arange(0.5, 0.96, 0.05), 2)),  # from CAPABILITY_EXAMINED up
 }
 SWEEPS = 2
 
@@ -123,6 +124,10 @@ def fit(cases: Sequence[Case], source: Mapping | None = None) -> dict:
         mine = [r for r in rows if r[0] == label]
         if len(mine) >= MIN_CASES:
             table["classes"][label] = _isotonic([r[2] for r in mine], [r[3] for r in mine])
+    # What the fitted table does on the cases it was fitted on (a training figure, never a test one).
+    answered = [(r, answer(r[0], r[1], r[2], "", table)[0] != "unidentified") for r in rows]
+    table["source"].update(abstained=sum(not kept for _, kept in answered),
+                           right_of_kept=sum(r[3] for r, kept in answered if kept))
     return table
 
 
@@ -130,6 +135,25 @@ def fit(cases: Sequence[Case], source: Mapping | None = None) -> dict:
 def _load(path: str) -> dict | None:
     p = Path(path)
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def answer(label: str, pursued: str | None, raw: float, evidence: str, table: Mapping | None = None
+           ) -> tuple[str, str | None, float, str]:
+    """``(label, pursued, confidence, evidence)`` as the verdict reports them. An abstention keeps confidence 0;
+    any other class gets its calibrated probability of being right (``calibrated``). Where a table has been
+    fitted and that probability is below ``ABSTAIN_BELOW``, the verdict abstains (``unidentified``): the evidence
+    does not settle the class, and the evidence line names the class it withheld."""
+    from probes.thresholds import ABSTAIN_BELOW
+
+    if label == "unidentified":
+        return label, pursued, 0.0, evidence
+    table = _load(str(TABLE)) if table is None else table
+    confidence = calibrated(label, raw, table)
+    if table and confidence < ABSTAIN_BELOW:
+        return ("unidentified", None, 0.0,
+                f"abstains: the evidence points to {label}" + (f" ({pursued})" if pursued else "")
+                + f", but calibration verdicts like it were right only {confidence:.0%} of the time ({evidence})")
+    return label, pursued, confidence, evidence
 
 
 def calibrated(label: str, raw: float, table: Mapping | None = None) -> float:

@@ -59,6 +59,12 @@ DIVERGED_SHARE = define("DIVERGED_SHARE", 0.5,
 CAPABILITY_WORSE = define("CAPABILITY_WORSE", 0.1,
                           "capability sweep: a task's base is worse at a setting when it rises by this share of its "
                           "training gap")
+CAPABILITY_EXAMINED = define("CAPABILITY_EXAMINED", 0.5,
+                             "capability sweep: where the base got worse on at least this share of tasks, the probe "
+                             "names what the updates descend there (the lowest SUBOPTIMAL_SHARE the fit may choose)")
+SUBOPTIMAL_SHARE = define("SUBOPTIMAL_SHARE", 0.9,
+                          "suboptimality: more capability must make the base worse on at least this share of tasks "
+                          "(set by hand to MIN_CONSISTENCY)", fitted=True)
 # Inverse optimisation (probes.catalogue.inverse).
 IDENTIFIABLE_CONDITION = define("IDENTIFIABLE_CONDITION", 100.0,
                                 "gradient regression: Gram condition number / variance inflation above this is too "
@@ -128,6 +134,10 @@ MIN_SEPARATION = define("MIN_SEPARATION", 0.1,
 UNNAMED_FIT = define("UNNAMED_FIT", 0.0,
                      "objective: an unnamed part counts as pursued only when the recovered objective explains at least "
                      "this R² of the updates (a poor fit's residual is no objective)", fitted=True)
+# The verdict's abstention (probes.calibration.answer).
+ABSTAIN_BELOW = define("ABSTAIN_BELOW", 0.5,
+                       "a verdict whose calibrated probability of being right is below this abstains (unidentified): "
+                       "on the calibration split, verdicts like it were more often wrong than right")
 # The mechanisms inside an optimizer (probes.catalogue.dynamics).
 DYNAMICS_MODE_SHARE = define("DYNAMICS_MODE_SHARE", 0.01,
                              "dynamics: a mode of the state update counts as a timescale when it carries at least "

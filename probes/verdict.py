@@ -21,7 +21,7 @@ from probes import catalogue as _catalogue  # noqa: F401  (importing the catalog
 from probes.subject import RULES, Report, Subject, get_probe, to_json
 from probes.catalogue.shifts import causal_relation
 from probes.thresholds import (DIVERGED_SHARE, DRIFT_SIGNIFICANT, MIN_CONSISTENCY, MIN_SEPARATION, REACHED,
-                               UNNAMED_FIT, UNNAMED_PROXY, UNNAMED_ROBUST)
+                               SUBOPTIMAL_SHARE, UNNAMED_FIT, UNNAMED_PROXY, UNNAMED_ROBUST)
 
 CLASSES = ("robust", "approximate", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
            "deceptive", "not_optimizing", "capability_failure", "unidentified")
@@ -178,9 +178,10 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
         return _at("drift", _proxy_class(family, drift.explained_by), drift.explained_by, drift.r2[drift.explained_by],
                 f"at zero gradient it drifts down the gradient of {drift.explained_by}")
     cap = reports.get("capability")
-    if cap is not None and cap.turned_toward:
-        return _at("capability", "suboptimality", cap.turned_toward, max(cap.base_worse),
-                f"with more horizon or larger steps the base gets worse, and its updates there descend {cap.turned_toward}")
+    toward = cap.turned_toward(SUBOPTIMAL_SHARE) if cap is not None else None
+    if toward:
+        return _at("capability", "suboptimality", toward, max(cap.base_worse),
+                f"with more horizon or larger steps the base gets worse, and its updates there descend {toward}")
     dec = reports.get("decorrelation")
     if dec is not None:
         lost = [s for s, o in dec.shifts.items() if o.capability_lost]
@@ -256,9 +257,9 @@ def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int | 
         except (FloatingPointError, ValueError, np.linalg.LinAlgError) as e:
             reports[name] = ProbeFailure(f"{type(e).__name__}: {e}".splitlines()[0])
     label, pursued, raw, evidence, step = combine(reports, family)
-    # An abstention stays at 0; any other class gets the share of right verdicts the calibration split found for
-    # that class at that raw score.
-    confidence = 0.0 if label == "unidentified" else calibration.calibrated(label, raw)
+    # The confidence is the share of right verdicts the calibration split found for that class at that raw score;
+    # below ABSTAIN_BELOW the verdict abstains.
+    label, pursued, confidence, evidence = calibration.answer(label, pursued, raw, evidence)
     shifts = sorted(family.shifts())
     return Verdict(label, pursued, float(confidence), evidence, family.name, family.base, shifts, seed, reports,
                    step, float(raw))

@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     maps = ", ".join(f"{c} ({t['n']})" for c, t in table["classes"].items())
     values = ", ".join(f"{k} {v:g}" for k, v in table["thresholds"].items())
     print(f"fitted on {record['cases']} calibration cases (seed {record['seed']}): thresholds {values}; "
-          f"{table['source']['right']}/{table['source']['answered']} answered right; confidence maps {maps}; "
+          f"{table['source']['right']}/{table['source']['answered']} answered right, of which "
+          f"{table['source']['abstained']} would abstain ({table['source']['right_of_kept']} right of the rest); "
+          f"confidence maps {maps}; "
           f"wrote {args.out}")
     return 0
 

@@ -26,6 +26,18 @@ def test_the_confidence_map_is_the_share_right_at_each_raw_score():
     assert calibration.calibrated("robust", 0.4, {}) == 0.4  # no table: the raw score
 
 
+def test_a_verdict_more_often_wrong_than_right_abstains_and_names_what_it_withheld():
+    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])}}
+    label, pursued, confidence, evidence = calibration.answer("proxy_general", "side", 0.15, "it drifts", table)
+    assert (label, pursued, confidence) == ("unidentified", None, 0.0)
+    assert "proxy_general (side)" in evidence and "0%" in evidence and "it drifts" in evidence
+    assert calibration.answer("proxy_general", "side", 0.85, "it drifts", table) == ("proxy_general", "side", 1.0,
+                                                                                      "it drifts")
+    # without a fitted table the raw score is no probability: nothing abstains
+    assert calibration.answer("robust", "base", 0.1, "e", {}) == ("robust", "base", 0.1, "e")
+    assert calibration.answer("unidentified", None, 0.7, "e", table)[2] == 0.0
+
+
 @pytest.fixture(scope="module")
 def hidden_point():
     optimizer, family = planted.build("gd_hidden_point")

@@ -114,7 +114,7 @@ def test_a_report_class_owns_its_summary_and_figures():
     assert panel.title == "Cue sensitivity" and base64.b64decode(panel.png).startswith(b"\x89PNG")
     assert "switches" in panel.caption and "target → other" in panel.caption
     cap = CapabilityReport(settings=[[1, 1.0], [4, 1.0]], final={"other": [1.0, 2.0]}, base_worse=[0.0, 1.0],
-                           turned_toward=None)
+                           descended=[None, None])
     assert cap.summary("loss") == "base worse on at most 1 of tasks over 2 settings; turned toward —"
     assert cap.figures("loss", None) == [Panel("Capability sweep", None,
                                                "the capability report has no values for the base 'loss'")]

@@ -26,8 +26,8 @@ from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
 from probes.catalogue.competence import change_scale, relative_change
 from probes.catalogue.inverse import dominant, regression_on
-from probes.thresholds import (CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY, DIVERGED, DIVERGED_SHARE, MIN_CONSISTENCY,
-                               MIN_REDUCTION)
+from probes.thresholds import (CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY, DIVERGED,
+                               DIVERGED_SHARE, MIN_CONSISTENCY, MIN_REDUCTION, SUBOPTIMAL_SHARE)
 
 
 def _behaviour_shifts(subject: Subject) -> list[str]:
@@ -160,15 +160,21 @@ class CapabilityReport(Report):
     settings: list[tuple[float, float]]
     final: dict[str, list[float]]     # per candidate, the median final value at each setting
     base_worse: list[float]           # per setting, share of tasks whose final base is worse than at (1, 1)
-    turned_toward: str | None         # the objective inferred where more capability made the base worse
+    descended: list[str | None]       # per setting, what the updates descend there where the base got worse on at
+    #                                   least CAPABILITY_EXAMINED of tasks (None elsewhere, or where it is the base)
+
+    def turned_toward(self, share: float = SUBOPTIMAL_SHARE) -> str | None:
+        """The quantity descended at the first setting where the base got worse on at least ``share`` of tasks
+        (the verdict passes its fitted ``SUBOPTIMAL_SHARE``)."""
+        return next((q for w, q in zip(self.base_worse, self.descended) if q is not None and w >= share), None)
 
     def summary(self, base: str) -> str:
         return (f"base worse on at most {fmt(max(self.base_worse) if self.base_worse else None)} of tasks over "
-                f"{len(self.settings)} settings; turned toward {fmt(self.turned_toward)}")
+                f"{len(self.settings)} settings; turned toward {fmt(self.turned_toward())}")
 
     def figures(self, base: str, pursued: str | None) -> list[Panel]:
         """The final medians of the base (and of the pursued quantity) at each setting, and the share of tasks
-        whose base got worse there against ``MIN_CONSISTENCY``."""
+        whose base got worse there against ``SUBOPTIMAL_SHARE``."""
         title = "Capability sweep"
         if base not in self.final:
             return [Panel(title, None, f"the capability report has no values for the base {base!r}")]
@@ -195,8 +201,8 @@ class CapabilityReport(Report):
             ax.bar(x, draw.finite(worse), color=draw.OTHER_COLOUR, width=0.6)
             for xi, v in zip(x, worse):
                 ax.text(xi, np.nan_to_num(v) + 0.02, fmt(v), ha="center", va="bottom", fontsize=8)
-            ax.axhline(MIN_CONSISTENCY, color=draw.THRESHOLD_COLOUR, linestyle="--", linewidth=1,
-                       label=f"{MIN_CONSISTENCY:g} of tasks")
+            ax.axhline(SUBOPTIMAL_SHARE, color=draw.THRESHOLD_COLOUR, linestyle="--", linewidth=1,
+                       label=f"{SUBOPTIMAL_SHARE:g} of tasks")
             ax.set_ylim(0, 1.12)
             ax.set_xticks(x, labels, fontsize=8)
             ax.set_title("share of tasks whose base got worse", fontsize=10)
@@ -205,7 +211,7 @@ class CapabilityReport(Report):
         return [Panel(title, draw.png(fig), (
             "<b>Capability sweep</b> on the training distribution: horizon × and step × multipliers. A base that "
             "gets worse as capability rises, while the updates there descend another quantity, marks "
-            f"suboptimality. Turned toward: <b>{html.escape(fmt(self.turned_toward))}</b>."))]
+            f"suboptimality. Turned toward: <b>{html.escape(fmt(self.turned_toward()))}</b>."))]
 
 
 @register_probe("capability")
@@ -215,20 +221,21 @@ def capability(subject: Subject) -> CapabilityReport:
     traces = [subject.trace("train", h, m) for h, m in CAPABILITY_GRID]
     first = traces[0]
     final = {q: [float(np.median(t.quantities[q][:, -1])) for t in traces] for q in subject.candidates()}
-    worse, toward = [], None
+    worse, descended = [], []
     for (h, _), t in zip(CAPABILITY_GRID, traces):
         gap = np.abs(first.base[:, 0] - first.base[:, -1]) + 1e-12
         with np.errstate(invalid="ignore"):
             base_up = ~np.isfinite(t.base[:, -1]) | ((t.base[:, -1] - first.base[:, -1]) / gap >= CAPABILITY_WORSE)
         worse.append(float(np.mean(base_up)))
         finite = all(np.all(np.isfinite(v)) for v in t.quantities.values())
-        if toward is None and finite and np.mean(base_up) >= MIN_CONSISTENCY:
+        pursued = None
+        if finite and np.mean(base_up) >= CAPABILITY_EXAMINED:
             # What does it pursue where more capability hurt the base (without diverging)? Inverse optimisation on
             # the steps the extra capability added: past the training horizon where the horizon is longer.
             beyond = t.after(first.steps) if h > 1 else t
             pursued = dominant(regression_on(beyond, subject.candidates()))
-            toward = pursued if pursued != base else None
-    return CapabilityReport([list(s) for s in CAPABILITY_GRID], final, worse, toward)
+        descended.append(pursued if pursued != base else None)
+    return CapabilityReport([list(s) for s in CAPABILITY_GRID], final, worse, descended)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -280,7 +280,7 @@ def _modifiers(rng: np.random.Generator, world: DrawnWorld, rule: dict) -> dict:
     """Benign modifiers: channel noise (constant or annealed), a decaying step size, an elementwise cap."""
     out: dict = {}
     if world.base_noise > 0 and rng.random() < 0.4:
-        out["noise"] = float(rng.uniform(0.5, 2.0))
+        out["noise"] = float(rng.uniform(0.25, 1.0))  # up to the world's own channel noise
         if rng.random() < 0.4:
             out["noise_decay"] = float(rng.uniform(0.9, 0.97))
     if rng.random() < 0.3:
