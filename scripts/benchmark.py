@@ -20,6 +20,7 @@ from pathlib import Path
 from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
+CASES_PER_WORKER = 10  # each case compiles its own programs; a fresh worker after this many keeps memory maps bounded
 
 
 def parse(argv=None):
@@ -79,7 +80,8 @@ def _run(args) -> int:
         bars.advance(bar)
 
     with bars:
-        results = zoo.run_jobs([(zoo.case_job, (name, args.tasks)) for name in names], workers, done)
+        results = zoo.run_jobs([(zoo.case_job, (name, args.tasks)) for name in names], workers, done,
+                               jobs_per_worker=CASES_PER_WORKER)
     entries = [entry for entry, _, _ in results]
     # Every case's reports, the input of the calibration fit (probes.calibration), which re-reads them.
     kept = pickle.dumps({e.name: {k: r for k, r in v.reports.items()} for e, v, _ in results})

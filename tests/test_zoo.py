@@ -116,6 +116,13 @@ def test_run_jobs_returns_results_in_job_order_in_process_and_in_workers():
     assert zoo.run_jobs(jobs, 2) == [1, 2, 4, 8, 16]
 
 
+def test_run_jobs_replaces_a_worker_after_its_share_of_jobs():
+    import os
+
+    pids = zoo.run_jobs([(os.getpid, ())] * 4, 1, jobs_per_worker=2)
+    assert os.getpid() not in pids and len(set(pids)) == 2 and pids[0] == pids[1] != pids[2] == pids[3]
+
+
 def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
     result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext", "--jobs", "2", "--tasks", "16",
                   "--out", str(tmp_path))

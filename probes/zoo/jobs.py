@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from lab import compile_cache
@@ -100,25 +100,58 @@ def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int 
 
 
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
-             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+             on_done: Callable[[int, Any], None] | None = None, jobs_per_worker: int | None = None) -> list[Any]:
     """Runs ``fn(*args)`` for every ``(fn, args)`` in ``jobs`` and returns the results in the jobs' order;
     ``on_done(index, result)`` is called as each finishes. With ``workers > 1`` the jobs run in that many fresh
-    worker processes (``spawn``: JAX does not survive ``fork``), each job as it would run alone."""
+    worker processes (``spawn``: JAX does not survive ``fork``), each job as it would run alone.
+
+    ``jobs_per_worker``: a worker is replaced by a fresh process after that many jobs (with one worker too, the
+    jobs then run in a worker process). Jobs that each compile programs of their own (the benchmark's drawn
+    cases) need it: every compiled program stays mapped in its process, and a long-lived one runs out of memory
+    maps (LLVM's "Unable to allocate section memory") after a few dozen cases. (Each worker is a one-process
+    executor of its own, replaced by hand: ``max_tasks_per_child`` deadlocks on Python 3.11.)"""
     results: list[Any] = [None] * len(jobs)
-    if workers <= 1 or len(jobs) <= 1:
+    recycle = jobs_per_worker is not None and len(jobs) > jobs_per_worker
+    if (workers <= 1 and not recycle) or len(jobs) <= 1:
         for i, (fn, args) in enumerate(jobs):
             results[i] = fn(*args)
             if on_done is not None:
                 on_done(i, results[i])
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=compile_cache.inherit) as pool:
-        futures = {pool.submit(fn, *args): i for i, (fn, args) in enumerate(jobs)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            if on_done is not None:
-                on_done(i, results[i])
+    context = multiprocessing.get_context("spawn")
+    pending = iter(enumerate(jobs))
+    slots: list[list] = [[None, 0] for _ in range(max(1, min(workers, len(jobs))))]  # [executor, jobs run]
+    running: dict = {}  # future -> (job index, slot)
+
+    def submit(slot: int) -> None:
+        item = next(pending, None)
+        if item is None:
+            return
+        i, (fn, args) = item
+        executor, count = slots[slot]
+        if executor is not None and jobs_per_worker is not None and count >= jobs_per_worker:
+            executor.shutdown()
+            executor = None
+        if executor is None:
+            executor, count = ProcessPoolExecutor(1, mp_context=context, initializer=compile_cache.inherit), 0
+        slots[slot] = [executor, count + 1]
+        running[executor.submit(fn, *args)] = (i, slot)
+
+    try:
+        for slot in range(len(slots)):
+            submit(slot)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, slot = running.pop(future)
+                results[i] = future.result()
+                if on_done is not None:
+                    on_done(i, results[i])
+                submit(slot)
+    finally:
+        for executor, _ in slots:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
     return results
 
 
