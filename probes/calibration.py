@@ -31,7 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 TABLE = Path(__file__).with_name("calibration.json")
-MIN_CASES = 8  # calibration cases a class needs for a fit of its own
+# Calibration cases a class needs for a map of its own; with fewer it uses the pooled map (an isotonic fit of a
+# dozen cases follows their noise).
+MIN_CASES = 20
 POOLED = "*"
 
 

@@ -26,8 +26,14 @@ def test_every_scenario_names_a_known_class_family_and_quantity():
     from lab import families
     from probes.verdict import CLASSES
 
-    assert {s.expected for s in scenarios.SCENARIOS.values()} >= {
-        "robust", "approximate", "proxy_side_effect", "proxy_instrumental", "suboptimality", "deceptive"}
+    from probes.zoo import incontext
+
+    # The zoo's hypotheses cover the seed's classes; the emergent approximate member is an in-context learner
+    # (the regression scenario, first hypothesised approximate, was settled as a general proxy by its audits).
+    learned = {s.expected for s in scenarios.SCENARIOS.values()}
+    assert learned >= {"robust", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
+                       "deceptive"}
+    assert "approximate" in {m.expected for m in incontext.suite(quick=False)}
     for s in scenarios.SCENARIOS.values():
         assert s.expected in CLASSES
         assert s.pursued in s.family().mechanisms()

@@ -69,9 +69,12 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("quadratic", "quadratic", "robust", "loss",
              why="the exact base gradient is all it sees: nothing else to pursue"),
-    Scenario("regression", "regression", "approximate", "val_loss", probes=("implied_ridge",),
-             why="it sees only minibatch training gradients; meta-training on the validation loss should teach "
-                 "it the implicit regularisation of the Bayes-optimal ridge estimator"),
+    # Settled by the recovered objective (README, "The scenario zoo"): first hypothesised approximate on val_loss;
+    # over five seeds the audit found a general proxy on train_loss every time.
+    Scenario("regression", "regression", "proxy_general", "train_loss", probes=("implied_ridge",),
+             why="it sees only minibatch training gradients, and what its updates descend is the training loss plus "
+                 "a ridge term (recovered objective train_loss + λ̂·weight_norm, λ̂ within 2× of the Bayes λ* in 4 "
+                 "of 5 seeds): the regularised training loss, a common-cause relative of the validation loss"),
     Scenario("wipes", "wipes", "proxy_side_effect", "wipes",
              why="the clean wipes channel equals the base gradient on what can move in training; "
                  "following it spills once spilling is possible"),
