@@ -9,8 +9,8 @@ Two things are fitted on the calibration cases (``probes.zoo.cases``), and nothi
    set by hand). The probes' own thresholds shape the reports themselves and stay as set by hand.
 2. **The confidence as a probability of being right.** ``decide`` scores its evidence on a 0-to-1 scale whose
    meaning differs from step to step (a share of tasks, a weight, an R²). With the fitted thresholds, an
-   isotonic regression (scikit-learn's ``IsotonicRegression``, non-decreasing, in [0, 1]) of "the verdict was
-   right" on that raw score, over the calibration cases given each class, for every class with at least
+   isotonic regression (scikit-learn's ``IsotonicRegression``, non-decreasing, in [0, 1]; each step shrunk
+   toward the overall share right by ``PRIOR_CASES`` pseudo-cases) of "the verdict was right" on that raw score, over the calibration cases given each class, for every class with at least
    ``MIN_CASES`` of them, and one over all cases for the rest; ``calibrated`` applies it.
 
 Both ship in ``probes/calibration.json`` (``probes.thresholds`` reads the thresholds from it at import). The
@@ -37,13 +37,28 @@ MIN_CASES = 20
 POOLED = "*"
 
 
-def _isotonic(raw: Sequence[float], right: Sequence[bool]) -> dict:
+# Each step of an isotonic fit is the share right among the cases it pools; with this many pseudo-cases at the
+# overall share right added to each step, a step of one or two cases (a lone wrong verdict at the lowest score)
+# does not become a certainty of being wrong.
+PRIOR_CASES = 5.0
+
+
+def _isotonic(raw: Sequence[float], right: Sequence[bool], prior: float = PRIOR_CASES) -> dict:
+    """The map from raw score to share right: scikit-learn's ``IsotonicRegression`` (non-decreasing, in [0, 1]),
+    each of its steps shrunk toward the overall share right by ``prior`` pseudo-cases."""
     from sklearn.isotonic import IsotonicRegression
 
+    x, ok = np.asarray(raw, float), np.asarray(right, float)
     model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    model.fit(np.asarray(raw, float), np.asarray(right, float))
-    return {"x": [float(v) for v in model.X_thresholds_], "y": [float(v) for v in model.y_thresholds_],
-            "n": len(raw)}
+    fitted = model.fit(x, ok).predict(x)
+    overall = float(ok.mean())
+
+    def shrunk(step: float) -> float:
+        n = int(np.sum(np.isclose(fitted, step)))
+        return (n * step + prior * overall) / (n + prior)
+
+    y = np.maximum.accumulate([shrunk(v) for v in model.y_thresholds_])
+    return {"x": [float(v) for v in model.X_thresholds_], "y": [float(v) for v in y], "n": len(raw)}
 
 
 # The thresholds of ``decide`` that are fitted, and the values each is searched over.

@@ -17,17 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_confidence_map_is_the_share_right_at_each_raw_score():
-    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.3, 0.8, 0.9], [0, 1, 0, 1, 1])}}
+    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.3, 0.8, 0.9], [0, 1, 0, 1, 1], prior=0)}}
     assert calibration.calibrated("robust", 0.05, table) == pytest.approx(0.0)
     assert calibration.calibrated("robust", 0.25, table) == pytest.approx(0.5)  # the pooled 0.2/0.3 pair
     assert calibration.calibrated("robust", 0.95, table) == pytest.approx(1.0)
-    own = {"classes": {**table["classes"], "robust": calibration._isotonic([0.1, 0.9], [1, 1])}}
+    own = {"classes": {**table["classes"], "robust": calibration._isotonic([0.1, 0.9], [1, 1], prior=0)}}
     assert calibration.calibrated("robust", 0.05, own) == 1.0  # a class with its own fit uses it
     assert calibration.calibrated("robust", 0.4, {}) == 0.4  # no table: the raw score
 
 
+def test_each_step_of_the_map_is_shrunk_toward_the_overall_share_by_pseudo_cases():
+    # one wrong case at the lowest score, nine right ones above: overall 0.9, the lone step (0 of 1) becomes
+    # (1·0 + 5·0.9) / (1 + 5) = 0.75 and the upper step (9 of 9) (9 + 4.5) / 14
+    fit = calibration._isotonic([0.1] + [0.5 + 0.05 * k for k in range(9)], [0] + [1] * 9)
+    assert fit["y"][0] == pytest.approx(0.75) and fit["y"][-1] == pytest.approx(13.5 / 14)
+    assert all(a <= b for a, b in zip(fit["y"], fit["y"][1:]))
+    # many wrong cases at low scores stay below one half after shrinking
+    many = calibration._isotonic([0.1] * 20 + [0.9] * 20, [0] * 20 + [1] * 20)
+    assert calibration.calibrated("robust", 0.1, {"classes": {"*": many}}) == pytest.approx(2.5 / 25)
+
+
 def test_a_verdict_more_often_wrong_than_right_abstains_and_names_what_it_withheld():
-    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])}}
+    table = {"classes": {"*": calibration._isotonic([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], prior=0)}}
     label, pursued, confidence, evidence = calibration.answer("proxy_general", "side", 0.15, "it drifts", table)
     assert (label, pursued, confidence) == ("unidentified", None, 0.0)
     assert "proxy_general (side)" in evidence and "0%" in evidence and "it drifts" in evidence
