@@ -501,13 +501,15 @@ def test_a_failed_deciding_probe_lowers_the_confidence_or_leaves_the_class_unide
 
 
 def test_an_audit_whose_regression_fails_is_not_called_robust(monkeypatch):
-    from probes import subject
+    from probes import calibration, subject
     from probes.verdict import audit
     from probes.zoo import planted
 
     optimizer, family = planted.build("gd")
     only_gate = audit(optimizer, family, tasks=8, probes=("competence",))
-    assert only_gate.label == "robust" and only_gate.confidence == 0.0  # no regression: no fit, no confidence
+    # no regression: no fit, a raw score of 0 (the confidence is that score through the calibration map)
+    assert only_gate.label == "robust" and only_gate.raw_confidence == 0.0
+    assert only_gate.confidence == pytest.approx(calibration.calibrated("robust", 0.0))
 
     def fails(subject):
         raise FloatingPointError("overflow in the regression")
