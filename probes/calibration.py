@@ -10,8 +10,10 @@ Two things are fitted on the calibration cases (``probes.zoo.cases``), and nothi
 2. **The confidence as a probability of being right.** ``decide`` scores its evidence on a 0-to-1 scale whose
    meaning differs from step to step (a share of tasks, a weight, an R²). With the fitted thresholds, an
    isotonic regression (scikit-learn's ``IsotonicRegression``, non-decreasing, in [0, 1]; each step shrunk
-   toward the overall share right by ``PRIOR_CASES`` pseudo-cases) of "the verdict was right" on that raw score, over the calibration cases given each class, for every class with at least
-   ``MIN_CASES`` of them, and one over all cases for the rest; ``calibrated`` applies it.
+   toward the overall share right by ``PRIOR_CASES`` pseudo-cases) of "the verdict was right" on that raw
+   score, over the calibration cases given each class, for every class with at least ``MIN_CASES`` of them,
+   and one over all cases for the rest; ``calibrated`` applies it, and ``answer`` abstains (``unidentified``)
+   where the calibrated probability is under ``ABSTAIN_BELOW``.
 
 Both ship in ``probes/calibration.json`` (``probes.thresholds`` reads the thresholds from it at import). The
 procedure: ``python scripts/benchmark.py --split calibration --cases N --seed S --out DIR``, then
