@@ -294,7 +294,8 @@ def _modifiers(rng: np.random.Generator, world: DrawnWorld, rule: dict) -> dict:
         lr = rule["lr"]
         if rule["rule"] == "momentum":  # heavy ball's steady step is lr / (1 − β)
             lr /= 1.0 - dict(rule["rule_args"])["momentum"]
-        step = lr if rule["rule"] in ("adam", "rmsprop", "sign", "lion") else lr * start_gradient(world) / math.sqrt(world.dim)
+        adaptive = rule["rule"] in ("adam", "rmsprop", "sign", "lion")  # steps of about lr per element
+        step = lr if adaptive else lr * start_gradient(world) / math.sqrt(world.dim)
         out["cap"] = float(rng.uniform(0.7, 1.5) * step)
     return out
 
