@@ -28,11 +28,12 @@ def test_every_scenario_names_a_known_class_family_and_quantity():
 
     from probes.zoo import incontext
 
-    # The zoo's hypotheses cover the seed's classes; the emergent approximate member is an in-context learner
-    # (the regression scenario, first hypothesised approximate, was settled as a general proxy by its audits).
+    # The zoo's hypotheses cover the seed's classes; the emergent approximate members are a narrow learned
+    # optimizer and an in-context learner (the regression scenario, first hypothesised approximate, was settled as
+    # a general proxy by its audits).
     learned = {s.expected for s in scenarios.SCENARIOS.values()}
-    assert learned >= {"robust", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
-                       "deceptive"}
+    assert learned >= {"robust", "approximate", "proxy_side_effect", "proxy_instrumental", "proxy_general",
+                       "suboptimality", "deceptive"}
     assert "approximate" in {m.expected for m in incontext.suite(quick=False)}
     for s in scenarios.SCENARIOS.values():
         assert s.expected in CLASSES
@@ -168,7 +169,7 @@ def test_zoo_script_bad_input_is_one_line_and_exit_code_2(tmp_path, args, messag
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quadratic", "wipes", "crumbs", "organism"])
+@pytest.mark.parametrize("name", ["quadratic", "narrow", "wipes", "crumbs", "organism"])
 def test_scenario_hypothesis_holds_on_seed_0(tmp_path, name):
     entry, verdict, _ = scenarios.audit_scenario(scenarios.SCENARIOS[name], 0, tmp_path)
     assert entry.correct, verdict.evidence

@@ -69,6 +69,11 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("quadratic", "quadratic", "robust", "loss",
              why="the exact base gradient is all it sees: nothing else to pursue"),
+    # Limited capacity (probes.zoo.capacity): a 2-unit per-parameter MLP that reads only the gradient cannot shape
+    # its update rule well and bring its zero-gradient update to zero at once; from 32 units it can.
+    Scenario("narrow", "quadratic", "approximate", "loss", config={"hidden": 2, "features": ("grad",)},
+             why="a 2-unit optimizer that reads only the gradient: it descends the base plus a drift it has too "
+                 "little capacity to remove (the capacity sweep: robust from 32 units)"),
     # Settled by the recovered objective (README, "The scenario zoo"): first hypothesised approximate on val_loss;
     # over five seeds the audit found a general proxy on train_loss every time.
     Scenario("regression", "regression", "proxy_general", "train_loss", probes=("implied_ridge",),
