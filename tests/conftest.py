@@ -28,6 +28,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")  # catch silent broadcast
 import pytest  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one pytest-xdist worker per core this process may run on, at most 4.
+    xdist would count every core of the machine (psutil), also those a container or CI runner does not grant;
+    each worker is a JAX process of its own, so more workers than cores only slow the suite down."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

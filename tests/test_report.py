@@ -216,7 +216,8 @@ def test_zoo_table_marks_matches_and_misses():
     assert text.count("✓") == 2 and "expected pursued" not in text
 
 
-def test_zoo_table_written_to_a_pipe_keeps_every_name_whole():
+def test_zoo_table_written_to_a_pipe_keeps_every_name_whole(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # what a pipe gets when nothing sets a width (pytest-xdist does)
     entries = [Entry("gd_cookies_capped", "planted", "cookies", 0, "suboptimality", "cookies", "suboptimality",
                      "cookies"),
                Entry("distilled_wipes", "distilled", "wipes", 3, "proxy_side_effect", "wipes", "approximate",
