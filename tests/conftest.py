@@ -9,8 +9,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an
 # Scripts run in child processes (as a user runs them) share one persistent compilation cache for the session,
 # as a user's commands share theirs: the same programs are not compiled again in every child. This process
 # itself never turns it on (see below), also when a test calls a script's main() in it.
-os.environ["MESA_LAB_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mesa-lab-test-compile-cache-")
-atexit.register(shutil.rmtree, os.environ["MESA_LAB_COMPILE_CACHE"], ignore_errors=True)
+# Under pytest-xdist the controller makes the folder before it starts its workers, and they inherit it: one cache
+# for every worker's children, removed by the controller at its exit.
+if "PYTEST_XDIST_WORKER" not in os.environ or "MESA_LAB_COMPILE_CACHE" not in os.environ:
+    os.environ["MESA_LAB_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mesa-lab-test-compile-cache-")
+    atexit.register(shutil.rmtree, os.environ["MESA_LAB_COMPILE_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 
