@@ -101,6 +101,23 @@ def positive(hi: int | None = None) -> Callable[[str], int]:
     return integer(1, hi)
 
 
+def distinct_positives(hi: int, what: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated distinct integers from 1 to ``hi``, sorted; ``what`` names them in
+    errors and help (``"pool sizes"``)."""
+    one = positive(hi)
+
+    def parse(text: str) -> list[int]:
+        values = [one(t.strip()) for t in text.split(",") if t.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names no {what.removesuffix('s')}")
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{what} must be distinct, got {text!r}")
+        return sorted(values)
+
+    parse.__name__ = what
+    return parse
+
+
 seed = integer(0, SEED_MAX)
 seed.__doc__ = "An argparse type: a PRNG seed, an integer from 0 to 2**63 - 1 (what ``jax.random.key`` takes)."
 

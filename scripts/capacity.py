@@ -13,7 +13,6 @@ median and spread; the rule that defines H*) and OUT/report.html (the figure), a
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,19 +24,7 @@ MAX_HIDDEN = 4096
 QUICK_META_STEPS = 200
 
 
-def hidden_sizes(text: str) -> list[int]:
-    """An argparse type: comma-separated distinct hidden sizes, each an integer from 1 to ``MAX_HIDDEN``."""
-    parse = cli.positive(MAX_HIDDEN)
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} names no hidden size")
-    sizes = [parse(t) for t in items]
-    if len(set(sizes)) != len(sizes):
-        raise argparse.ArgumentTypeError(f"hidden sizes must be distinct, got {text!r}")
-    return sorted(sizes)
-
-
-hidden_sizes.__name__ = "hidden sizes"
+hidden_sizes = cli.distinct_positives(MAX_HIDDEN, "hidden sizes")
 
 
 def parse(argv=None):

@@ -15,7 +15,6 @@ commit. The sweep is ``probes.zoo.diversity``. Bad input ends with a one-line er
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,19 +25,7 @@ from lab.io import OneLineParser
 MAX_POOL = 1 << 20
 
 
-def pool_sizes(text: str) -> list[int]:
-    """An argparse type: comma-separated distinct pool sizes, each an integer from 1 to ``MAX_POOL``."""
-    parse = cli.positive(MAX_POOL)
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} names no pool size")
-    sizes = [parse(t) for t in items]
-    if len(set(sizes)) != len(sizes):
-        raise argparse.ArgumentTypeError(f"pool sizes must be distinct, got {text!r}")
-    return sorted(sizes)
-
-
-pool_sizes.__name__ = "pool sizes"
+pool_sizes = cli.distinct_positives(MAX_POOL, "pool sizes")
 
 
 def parse(argv=None):
