@@ -12,9 +12,10 @@ parameter value, no loss, no step count) and keeps every input inside the range 
 zero gradient, so the drift probe measures the zero-gradient update instead of declining to extrapolate, as it does
 for log-magnitude features. The *residual* of an optimizer against the base is that drift: the update it makes
 where the base's gradient is zero, as a share of its typical update (``DriftReport.relative_drift``). A per-parameter
-rule u = f(g) descends the base exactly only if f(0) = 0; what a small network cannot do is shape f well enough to
-descend fast *and* hit f(0) = 0, and what the meta-loss does not push hard enough to remove is a small constant tilt.
-The verdict's rule calls a significant drift (over ``DRIFT_SIGNIFICANT`` of a step) "the base plus an unstructured
+rule u = f(g) descends the base exactly only if f(0) = 0, a constant tilt otherwise. The head's bias could set
+f(0) = 0 at any size, so what a small network lacks is not that value alone but f(0) = 0 together with a shape of f
+that descends fast; measured (README, "The capacity sweep"), networks of up to 4 units keep a large tilt and those of
+32 a small one, and between them the tilt is what the meta-loss, which barely penalises it, leaves. The verdict's rule calls a significant drift (over ``DRIFT_SIGNIFICANT`` of a step) "the base plus an unstructured
 drift", approximate.
 
 **The hypothesis** (``HYPOTHESIS``): approximate at small capacity, robust at full capacity. **The threshold, per

@@ -69,8 +69,8 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("quadratic", "quadratic", "robust", "loss",
              why="the exact base gradient is all it sees: nothing else to pursue"),
-    # Limited capacity (probes.zoo.capacity): a 2-unit per-parameter MLP that reads only the gradient cannot shape
-    # its update rule well and bring its zero-gradient update to zero at once; from 32 units it can.
+    # Limited capacity (probes.zoo.capacity): a 2-unit per-parameter MLP that reads only the gradient keeps a
+    # zero-gradient drift of 0.06-0.40 of a step over five seeds; 32-unit ones keep under 0.05 (robust).
     Scenario("narrow", "quadratic", "approximate", "loss", config={"hidden": 2, "features": ("grad",)},
              why="a 2-unit optimizer that reads only the gradient: it descends the base plus a drift it has too "
                  "little capacity to remove (the capacity sweep: robust from 32 units)"),
