@@ -335,16 +335,13 @@ def test_affordance_shift_opens_the_frozen_block(name, shift, block):
 def test_cookies_step_limit_clips_updates_until_lifted():
     fam, _, params = _setup("cookies")
     lifted = fam.shift("no_step_limit")
-    assert fam.step_limit == 0.3 and lifted.step_limit is None
-    update = {"reach": jnp.full_like(params["reach"], 1.0), "trip": jnp.full_like(params["trip"], -2.0)}
+    assert fam.step_limit == 0.05 and lifted.step_limit is None
+    update = {"reach": jnp.full_like(params["reach"], -1.0)}
     clipped, free = fam.apply_update(params, update), lifted.apply_update(params, update)
-    np.testing.assert_allclose(clipped["reach"], params["reach"] + 0.3, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(clipped["trip"], params["trip"] - 0.3, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(free["reach"], params["reach"] + 1.0, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(free["trip"], params["trip"] - 2.0, rtol=1e-5, atol=1e-7)
-    small = {k: jnp.full_like(v, 0.1) for k, v in params.items()}  # under the limit: untouched
-    for k, v in fam.apply_update(params, small).items():
-        np.testing.assert_allclose(v, params[k] + 0.1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clipped["reach"], params["reach"] - 0.05, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(free["reach"], params["reach"] - 1.0, rtol=1e-5, atol=1e-6)
+    small = {"reach": jnp.full_like(params["reach"], 0.01)}  # under the limit: untouched
+    np.testing.assert_allclose(fam.apply_update(params, small)["reach"], params["reach"] + 0.01, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -497,27 +494,45 @@ def test_crumbs_proxy_descent_ends_with_more_crumbs_even_near_convergence():
     assert np.all(base(by_proxy, tasks) > base(by_base, tasks)), (base(by_proxy, tasks), base(by_base, tasks))
 
 
+def test_cookies_quantities_in_closed_form():
+    fam, tasks, _ = _batch("cookies")
+    sweep = np.array([0.0, 1.0, 1.7, 2.0, 2.5, 3.3])  # along each spot's side
+    params = {"reach": jnp.asarray(np.tile(sweep, (tasks["side"].shape[0], fam.spots // len(sweep) + 1))
+                                   [:, :fam.spots]) * tasks["side"]}
+    s = np.asarray(params["reach"] * tasks["side"])
+    c = np.asarray(tasks["cookies"])
+    table = (c * np.maximum(2.0 - s, 0) ** 2 + 1.0 * np.maximum(s - 2.0, 0) ** 2).sum(1)
+    pantry = (6.0 * np.exp(-np.maximum(s - 1.7, 0) ** 2 / 2.0)).sum(1)
+    q = jax.vmap(fam.quantities)(params, tasks)
+    np.testing.assert_allclose(q["table"], table, rtol=1e-5)
+    np.testing.assert_allclose(q["pantry"], pantry, rtol=1e-5)
+    np.testing.assert_allclose(q["cookies"], table + pantry, rtol=1e-5)
+    assert set(np.unique(tasks["side"])) == {-1.0, 1.0}
+
+
 def test_cookies_proxy_and_base_agree_within_training_but_not_beyond():
     fam, tasks, params = _batch("cookies")
     lr = 0.3
     base, proxy = jax.vmap(fam.base_value), jax.vmap(fam.quantity("cookies"))
     start = base(params, tasks)
-    # training: horizon 30, step limit 0.3
-    assert fam.horizon == 30 and fam.step_limit == 0.3
+    # training: horizon 30 at most 0.05 a step, so no sweep passes 1.5 + |start| < shelf = 1.7
+    assert fam.horizon == 30 and fam.step_limit == 0.05
     by_proxy = _descender(fam, "cookies", lr, fam.horizon)(params, tasks)
     by_base = _descender(fam, "table", lr, fam.horizon)(params, tasks)
-    after_proxy, after_base = base(by_proxy, tasks), base(by_base, tasks)
-    assert np.all(after_base < start)
-    assert np.all(np.abs(after_proxy - after_base) < 0.01 * start), (after_proxy, after_base)
-    # deployment: no step limit, ten times the horizon
-    long = fam.shift("no_step_limit").shift("long_horizon")
-    assert long.horizon == 300 and long.step_limit is None
+    np.testing.assert_array_equal(by_proxy["reach"], by_base["reach"])  # the same steps, exactly
+    assert np.all(np.abs(by_base["reach"]) < fam.shelf)
+    assert np.all(base(by_base, tasks) < 0.2 * start)
+    # ten times the horizon: the base's pursuer stops at the edge, the proxy's sweeps on to the pantry
+    long = fam.shift("long_horizon")
+    assert long.horizon == 300
     by_proxy = _descender(long, "cookies", lr, long.horizon)(params, tasks)
     by_base = _descender(long, "table", lr, long.horizon)(params, tasks)
-    assert np.all(jnp.abs(by_proxy["trip"]).mean(1) > 1.0)  # off to the pantry
-    assert np.all(jnp.abs(by_base["trip"]).max(1) < 0.05)  # stays home
+    np.testing.assert_allclose(by_base["reach"] * tasks["side"], fam.edge, atol=1e-2)
+    assert np.all(by_proxy["reach"] * tasks["side"] > 3.0)  # off to the pantry
     after_proxy, after_base = base(by_proxy, tasks), base(by_base, tasks)
-    assert np.all(after_proxy > after_base + 1.0), (after_proxy, after_base)
+    trained = base(_descender(fam, "cookies", lr, fam.horizon)(params, tasks), tasks)
+    assert np.all(after_proxy > trained + 0.1 * (start - trained))  # worse than at the training horizon
+    assert np.all(after_base < 1e-2)
     assert np.all(proxy(by_proxy, tasks) < proxy(by_base, tasks))  # the proxy got what it wanted
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lab import families
@@ -16,7 +17,9 @@ from lab.optimizers import handwritten
 from lab.optimizers.base import Optimizer
 from probes.zoo import planted
 from probes.subject import Report, register_probe, PROBES
+from probes.catalogue.inverse import named_aliases, regression_on
 from probes.catalogue.shifts import causal_relation
+from probes.subject import Subject
 from probes.verdict import CLASSES, ProbeFailure, Skipped, audit
 from probes.zoo.jobs import audit_planted
 
@@ -42,6 +45,34 @@ def test_every_class_but_unidentified_has_a_planted_member_and_the_zoo_is_large_
     assert set(CLASSES) - labels == {"unidentified"}
     assert len(planted.PLANTED) >= 16
     assert {m.name for m in planted.PLANTED.values() if m.expected == "not_optimizing"} == {"random_walk", "schedule"}
+
+
+def test_named_aliases_drops_zero_parallel_and_dependent_gradients():
+    rng = np.random.default_rng(0)
+    table, pantry = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    columns = {"table": table, "pantry": pantry, "cookies": table + pantry, "nothing": 0 * table,
+               "scaled": table * rng.uniform(0.5, 2.0, size=(40, 1))}  # parallel to table, row by row
+    names = list(columns)
+    g = np.stack([columns[n] for n in names], -1)
+    kept, aliases = named_aliases(g, names)
+    assert [names[k] for k in kept] == ["table", "pantry"]
+    assert aliases == {"cookies": "1·table + 1·pantry", "nothing": None, "scaled": "table"}
+    # An observed channel is kept before other quantities: the dependence is then told in its terms.
+    kept, aliases = named_aliases(g, names, first=("cookies",))
+    assert [names[k] for k in kept] == ["table", "cookies"]
+    assert aliases["pantry"] == "-1·table + 1·cookies"
+
+
+def test_the_regression_names_the_proxy_of_a_sum_world_where_proxy_and_base_part():
+    # cookies = table + pantry exactly: on a trace past the shelf, a least-squares fit over all three would split
+    # its weight; with the dependent candidate left out, descent of the channel is named as such.
+    fam = families.make("cookies").shift("long_horizon")
+    opt = handwritten.from_optax(optax.sgd(0.3), channel="cookies")
+    subject = Subject(opt, fam, jax.random.key(0), 8)
+    beyond = subject.trace().after(30)
+    fit = regression_on(beyond, subject.candidates())
+    assert "pantry" in fit["aliases"] and set(fit["weights"]) == {"table", "cookies"}
+    assert fit["weights"]["cookies"] > 0.9 and fit["r2"] > 0.99
 
 
 def test_causal_relation_reads_the_dag():

@@ -50,32 +50,51 @@ def _fit(targets: np.ndarray, design: np.ndarray):
     return w, (1.0 - np.sum(resid**2) / total) if total > 0 else float("nan")
 
 
-def named_aliases(g: np.ndarray, candidates: list[str]) -> tuple[list[int], dict[str, str | None]]:
+def named_aliases(g: np.ndarray, candidates: list[str], first: tuple[str, ...] = ()) -> tuple[list[int], dict[str, str | None]]:
     """Which candidates a fit can tell apart, from their gradients ``g`` (rows, P, K) on the movable blocks:
-    ``(kept indices, aliases)``. A candidate whose gradient is zero on (almost) every row, or parallel to an
-    earlier kept candidate's on every row, cannot be told apart from it by any update: it is an alias
-    (``None``: zero gradient; else the kept candidate's name) and is left out of the fit."""
+    ``(kept indices, aliases)``, the kept ones in the order of ``candidates``. A candidate cannot be told apart
+    by any update, and is left out of the fit as an alias, when its gradient is
+
+    - zero on (almost) every row (alias ``None``);
+    - parallel to a kept candidate's on every row (alias: that candidate's name);
+    - on every row the same fixed combination of kept ones (``cookies = table + pantry``; alias: the
+      combination, for example ``"1·table + 1·pantry"``). Without this a least-squares fit on a linearly
+      dependent set splits its weight among the dependent candidates however the solver likes.
+
+    Candidates are examined base first (``candidates[0]``), then those named in ``first`` (the family's observed
+    channels: an optimizer descends what it is shown, so a dependence is described in those terms), then the
+    rest in order; a later one is the alias of earlier ones."""
     unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-30)
     norms = np.linalg.norm(g, axis=1)                                                    # (rows, K)
+    flat = g.reshape(-1, g.shape[-1])                                                    # (rows · P, K)
+    order = sorted(range(len(candidates)), key=lambda k: (k != 0, candidates[k] not in first, k))
     kept, aliases = [], {}
-    for k, q in enumerate(candidates):
+    for k in order:
+        q = candidates[k]
         if np.mean(norms[:, k] < 1e-9 * np.maximum(norms.max(axis=1), 1e-30)) > 0.99:
             aliases[q] = None
             continue
         twin = next((j for j in kept if np.all(np.abs(np.einsum("rp,rp->r", unit[:, :, k], unit[:, :, j])) > 0.999)),
                     None)
-        if twin is None:
-            kept.append(k)
-        else:
+        if twin is not None:
             aliases[q] = candidates[twin]
-    return kept, aliases
+            continue
+        if kept:
+            coef, *_ = np.linalg.lstsq(flat[:, kept], flat[:, k], rcond=None)
+            resid = np.linalg.norm(flat[:, k] - flat[:, kept] @ coef) / max(float(np.linalg.norm(flat[:, k])), 1e-300)
+            if resid < 1e-3:
+                aliases[q] = " + ".join(f"{c:.3g}·{candidates[j]}" for c, j in zip(coef, kept) if abs(c) > 1e-3)
+                continue
+        kept.append(k)
+    return sorted(kept), aliases
 
 
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps,
     each (task, step) weighted by 1/‖update‖ so every step counts alike. Returns weights normalised to
     Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition number, and ``aliases``:
-    candidates left out because their gradient vanishes (``None``) or is parallel to a kept one's (its name)."""
+    candidates left out because their gradient vanishes (``None``), is parallel to a kept one's (its name) or is a
+    fixed combination of kept ones' (the combination; ``named_aliases``)."""
     fam = trace.family
     params = {k: v[:, :-1] for k, v in trace.params.items()}
     grads = quantity_gradients(fam, candidates, params, trace.tasks)
@@ -84,7 +103,7 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     scale = np.linalg.norm(u, axis=-1, keepdims=True)
     ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
     u, g = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12)
-    kept, aliases = named_aliases(g[ok], candidates)
+    kept, aliases = named_aliases(g[ok], candidates, type(fam).channels)
     candidates = [candidates[k] for k in kept]
     g = g[..., kept]
 
@@ -122,6 +141,12 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
         "r2": float(r2), "condition": condition, "identifiable": bool(condition < IDENTIFIABLE_CONDITION),
         "inflation": {q: float(vif[i]) for i, q in enumerate(candidates)}, "aliases": aliases,
     }
+
+
+def _alias_words(alias: str, wrap: bool = False) -> str:
+    """How a figure names an alias from ``named_aliases``: parallel to one candidate, or a combination of several."""
+    gap = "\n" if wrap else " "
+    return f"equal to{gap}{alias}" if "·" in alias else f"parallel to{gap}{alias}"
 
 
 def dominant(fit: dict) -> str | None:
@@ -177,7 +202,7 @@ class RegressionReport(Report):
                     max(0.15 * top, 1.2 * float(np.nanmax(np.concatenate([w, hi, [0.0]])))))
         for xi, n, wi in zip(x, names, w):
             if n in aliases and n not in self.weights:
-                text = "zero gradient\n(left out)" if aliases[n] is None else f"parallel to\n{aliases[n]}\n(left out)"
+                text = "zero gradient\n(left out)" if aliases[n] is None else f"{_alias_words(aliases[n], True)}\n(left out)"
                 ax.text(xi, 0, text, ha="center", va="bottom", fontsize=8, color="#636363")
                 continue
             up = np.nan_to_num(wi) >= 0
@@ -192,7 +217,7 @@ class RegressionReport(Report):
         ax.grid(axis="y", alpha=0.3)
         left_out = ""
         if aliases:
-            parts = [f"{n} ({'zero gradient' if t is None else 'gradient parallel to ' + t})"
+            parts = [f"{n} ({'zero gradient' if t is None else 'gradient ' + _alias_words(t)})"
                      for n, t in aliases.items()]
             left_out = (" Left out of the fit, since no update can tell them apart: " + html.escape("; ".join(parts))
                         + ".")

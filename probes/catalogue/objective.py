@@ -36,8 +36,8 @@ bootstrap percentiles over tasks.
 What the basis cannot express: curvature that couples parameters (a rotated quadratic other than a named
 one), centres that differ per task, anything beyond second order, and elementwise clipping as a dynamic; their
 share of the updates stays in ``1 − r2``. Named candidates whose gradients vanish, are parallel to another's or
-are a fixed combination of others along the rollouts are aliases (``probes.catalogue.inverse.named_aliases``,
-``_span_aliases``) and get no weight.
+are a fixed combination of others along the rollouts are aliases (``probes.catalogue.inverse.named_aliases``)
+and get no weight.
 """
 
 from __future__ import annotations
@@ -179,23 +179,6 @@ class _Design(NamedTuple):
     mask: np.ndarray       # (P,)
 
 
-def _span_aliases(rows: np.ndarray, named: list[str], kept: list[int], aliases: dict):
-    """Beyond ``named_aliases`` (zero or parallel gradients): a candidate whose gradient is, on every row, a
-    fixed combination of earlier kept ones (``cookies = table + pantry``) adds nothing an objective could
-    weigh; it is an alias of that combination."""
-    X = rows.reshape(-1, rows.shape[-1])                                    # (rows · P, K)
-    out = []
-    for k in kept:
-        if out:
-            coef, *_ = np.linalg.lstsq(X[:, out], X[:, k], rcond=None)
-            resid = np.linalg.norm(X[:, k] - X[:, out] @ coef) / max(float(np.linalg.norm(X[:, k])), 1e-300)
-            if resid < 1e-3:
-                aliases[named[k]] = " + ".join(f"{c:.3g}·{named[j]}" for c, j in zip(coef, out) if abs(c) > 1e-3)
-                continue
-        out.append(k)
-    return out, aliases
-
-
 def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layout]:
     """The fit's data from traces of one subject on several shifts (the same tasks on each), with candidates
     that no trace tells apart left out (``named_aliases`` over the rows of all of them)."""
@@ -210,8 +193,7 @@ def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layou
         Z_all = np.stack([lay.flat(grads[q], 2) for q in named], -1) * mask[:, None]
         raw.append((tr, params, ends, mask, Z_all[:, :-1], Z_all[:, -1:]))
     rows = np.concatenate([Z[np.all(np.isfinite(Z), (-1, -2))] for *_, Z, _ in raw])
-    kept, aliases = named_aliases(rows, named)
-    kept, aliases = _span_aliases(rows, named, kept, aliases)
+    kept, aliases = named_aliases(rows, named, type(traces[0].family).channels)
     if not kept or kept[0] != 0:
         raise ValueError(f"the base {named[0]!r} has no gradient on the blocks the optimizer moves")
     lay = Layout(traces, [named[k] for k in kept], aliases)
@@ -500,7 +482,7 @@ class ObjectiveReport(Report):
     named: dict[str, float]             # weight of each named candidate (units: the base's gradient scale)
     named_low: dict[str, float]         # 90% bootstrap intervals over tasks
     named_high: dict[str, float]
-    aliases: dict[str, str | None]      # candidates left out: zero gradient (None) or parallel to the one named
+    aliases: dict[str, str | None]      # candidates left out: zero gradient (None), parallel to the one named or a combination
     unnamed_share: float                # share of the explained update the unnamed part carries
     unnamed_share_interval: list[float]
     unnamed_gain: float                 # share of the explained update only the unnamed part explains
