@@ -17,7 +17,7 @@ from lab.optimizers import handwritten
 from lab.optimizers.base import Optimizer
 from probes.zoo import planted
 from probes.subject import Report, register_probe, PROBES
-from probes.catalogue.inverse import named_aliases, regression_on
+from probes.catalogue.inverse import fixed_point, named_aliases, regression_on
 from probes.catalogue.shifts import causal_relation
 from probes.subject import Subject
 from probes.verdict import CLASSES, ProbeFailure, Skipped, audit
@@ -73,6 +73,16 @@ def test_the_regression_names_the_proxy_of_a_sum_world_where_proxy_and_base_part
     fit = regression_on(beyond, subject.candidates())
     assert "pantry" in fit["aliases"] and set(fit["weights"]) == {"table", "cookies"}
     assert fit["weights"]["cookies"] > 0.9 and fit["r2"] > 0.99
+
+
+def test_fixed_point_gives_no_weight_to_a_block_the_optimizer_cannot_move():
+    # In training the spill block is frozen: its gradient on what moves is zero, so weight 1 on it would make
+    # any end point "stationary". The KKT weights go to the base, the one quantity left to tell apart.
+    opt, fam = planted.build("gd_dirt")
+    report = fixed_point(Subject(opt, fam, jax.random.key(0), 8))
+    assert report.weights == {"dirt_left": 1.0}
+    assert report.aliases["spill"] is None and report.aliases["wipes"] == "dirt_left"
+    assert report.residual > 0.5  # thirty steps do not reach the minimum: no named quantity is stationary
 
 
 def test_causal_relation_reads_the_dag():

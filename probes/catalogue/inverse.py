@@ -303,33 +303,44 @@ class FixedPointReport(Report):
     weights: dict[str, float]         # convex weights whose gradient combination is smallest at the endpoints
     residual: float                   # its norm relative to the base gradient's norm there
     base_gradient_ratio: float        # ‖∇base‖ at the end / at the start (how near a base stationary point)
+    aliases: dict[str, str | None] = dataclasses.field(default_factory=dict)  # left out (``named_aliases``)
 
     def summary(self, base: str) -> str:
+        left_out = f"; left out {', '.join(self.aliases)}" if self.aliases else ""
         return (f"weights {pairs(self.weights)}; residual {fmt(self.residual)}, ‖∇base‖ end/start "
-                f"{fmt(self.base_gradient_ratio)}")
+                f"{fmt(self.base_gradient_ratio)}{left_out}")
 
 
 @register_probe("fixed_point")
 def fixed_point(subject: Subject) -> FixedPointReport:
-    """KKT inverse optimisation at the final iterates: min over convex weights w of ‖Σ w_k ∇q_k(θ_T)‖²."""
+    """KKT inverse optimisation at the final iterates: min over convex weights w of ‖Σ w_k ∇q_k(θ_T)‖².
+    Candidates whose end-point gradients vanish, are parallel to or a combination of kept ones' are left out
+    (``named_aliases``): a zero gradient (a block the optimizer cannot move) would otherwise take all the weight
+    and make any end point stationary."""
     trace = subject.trace()
     fam, candidates = trace.family, subject.candidates()
     ends = {k: v[:, -1:] for k, v in trace.params.items()}
     starts = {k: v[:, :1] for k, v in trace.params.items()}
     g_end = quantity_gradients(fam, candidates, ends, trace.tasks)
     g0 = quantity_gradients(fam, [fam.base], starts, trace.tasks)
-    mat = np.stack([_effective(fam, g_end[q], 2).reshape(-1) for q in candidates], -1)
+    rows = np.stack([_effective(fam, g_end[q], 2)[:, 0] for q in candidates], -1)        # (tasks, P, K)
+    base_end = np.linalg.norm(rows[..., 0])
+    base_ratio = float(base_end / max(np.linalg.norm(_effective(fam, g0[fam.base], 2)), 1e-12))
+    finite = np.all(np.isfinite(rows), (1, 2))
+    kept, aliases = named_aliases(rows[finite], candidates, type(fam).channels) if finite.any() else ([], {})
+    if 0 not in kept:  # the base's own gradient vanishes at the end points: they are its stationary points
+        return FixedPointReport({fam.base: 1.0}, 0.0, base_ratio, aliases)
+    mat = rows.reshape(-1, len(candidates))[:, kept]
     # Projected gradient descent on the simplex for the small K-dimensional quadratic program.
     gram = mat.T @ mat
-    w = np.full(len(candidates), 1.0 / len(candidates))
+    w = np.full(len(kept), 1.0 / len(kept))
     step = 1.0 / max(np.linalg.eigvalsh(gram)[-1], 1e-12)
     for _ in range(500):
         w = _project_simplex(w - step * gram @ w)
-    base_end = np.linalg.norm(mat[:, 0])
     return FixedPointReport(
-        weights={q: float(w[i]) for i, q in enumerate(candidates)},
+        weights={candidates[k]: float(w[i]) for i, k in enumerate(kept)},
         residual=float(np.linalg.norm(mat @ w) / max(base_end, 1e-12)),
-        base_gradient_ratio=float(base_end / max(np.linalg.norm(_effective(fam, g0[fam.base], 2)), 1e-12)),
+        base_gradient_ratio=base_ratio, aliases=aliases,
     )
 
 
