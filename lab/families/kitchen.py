@@ -157,7 +157,7 @@ class Cookies(KitchenWorld):
     pass step_limit × horizon (1.5) < ``shelf``: there the two objectives agree exactly up to a constant, and
     no rollout in training can tell a pursuer of ``cookies`` from a pursuer of the base (Hubinger et al. 2019,
     §3.3: aligned only because of a limitation). With a longer horizon, or without the step limit, a pursuer of
-    ``cookies`` sweeps past the edge to the pantry (its minimum lies near reach 3.3, where the table is dirtier
+    ``cookies`` sweeps past the edge to the pantry (its minimum lies near a sweep of 3.3, where the table is dirtier
     than anywhere in training), while a pursuer of the base stops at the edge.
     """
 
