@@ -69,15 +69,18 @@ def test_the_base_minimum_is_its_closed_form():
 
 
 def test_cases_are_reproducible_from_their_name_and_the_splits_share_none():
-    a = cases.draw_case("calibration", 0, 7)
+    a = cases.draw_case("calibration", 0, 3)
     assert cases.draw_case(*cases.parse_name(a.name)) == a
-    calibration = {cases.draw_case("calibration", 0, i).world for i in range(20)}
-    test = {cases.draw_case("test", 0, i).world for i in range(20)}
+    # Suboptimality cases are left out here only because each of their draws runs a rollout (switch_shows);
+    # the splits' streams are the same for every kind.
+    indices = [i for i in range(20) if cases.KINDS[i % len(cases.KINDS)] != "suboptimality"]
+    calibration = {cases.draw_case("calibration", 0, i).world for i in indices}
+    test = {cases.draw_case("test", 0, i).world for i in indices}
     assert not calibration & test
 
 
 def test_every_drawn_case_is_settled_by_the_rules_and_every_class_is_drawn():
-    drawn = [cases.draw_case("calibration", 1, i) for i in range(40)]
+    drawn = [cases.draw_case("calibration", 1, i) for i in range(2 * len(cases.KINDS))]  # each kind twice
     for c in drawn:
         assert cases.settle(c.world, c.behaviour) == (c.expected, c.pursued)
     found = Counter(c.expected for c in drawn)
