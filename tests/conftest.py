@@ -62,3 +62,37 @@ def _release_compiled_programs():
                     value.cache_clear()
     jax.clear_caches()
     gc.collect()
+
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py``, loaded once per process (its ``main(argv)`` is what a user runs)."""
+    import importlib.util
+    import sys
+
+    module_name = f"scripts_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(SCRIPTS, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture
+def script_error(capsys):
+    """``script_error(name, *args)``: runs ``scripts/<name>.py``'s ``main(args)`` in this process, as the command
+    line would (argparse's exit included), and returns ``(exit code, stderr)``. In-process because a refused
+    command does no work: a child process would spend its seconds importing jax."""
+
+    def call(name: str, *args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = load_script(name).main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        return code, capsys.readouterr().err
+
+    return call

@@ -70,12 +70,12 @@ def test_flop_count_of_a_matmul_and_of_a_scan_of_matmuls():
     assert plain < counted.flops / 3  # what the plain cost analysis misses: it visits the body once
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path):
+def test_bad_arguments_are_one_line_errors(tmp_path, script_error):
     for args in (["--rounds", "0"], ["--no-such-flag"], ["--out", str(tmp_path / "missing" / "bench.json")]):
-        proc = _run(*args, timeout=60)
-        assert proc.returncode == 2, (args, proc.returncode)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("bench.py: error:"), (args, proc.stderr)
+        code, stderr = script_error("bench", *args)
+        assert code == 2, (args, code)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bench.py: error:"), (args, stderr)
         assert not (tmp_path / "missing").exists()
 
 

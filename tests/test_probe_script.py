@@ -56,10 +56,10 @@ def test_zoo_mode_writes_zoo_json(tmp_path):
     ([], "give exactly one of --optimizer and --zoo"),
     (["--optimizer", "planted:gd", "--tasks", "0"], "must be positive"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
-    result = _run("probe.py", *args, "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message, script_error):
+    code, stderr = script_error("probe", *args, "--out", str(tmp_path / "out"))
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert message in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.slow  # 75 s; the README's second worked example runs by default (tests/test_extension.py)

@@ -109,7 +109,7 @@ def test_bad_requests_change_nothing(tmp_path):
         assert _snapshot(run) == before, name
 
 
-def test_script_errors_are_one_line_with_exit_code_2(tmp_path):
+def test_script_errors_are_one_line_with_exit_code_2(tmp_path, script_error):
     run = tmp_path / "run"
     train(TINY, run)
     before = _snapshot(run)
@@ -126,10 +126,10 @@ def test_script_errors_are_one_line_with_exit_code_2(tmp_path):
         (["--out", str(run), "--resume", "--seed", "3", "--meta-steps", "8"], "different config"),
     ]
     for args, message in cases:
-        result = _script(*args, "--quiet")
-        assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.count("\n") == 1 and message in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
+        code, stderr = script_error("train", *args, "--quiet")
+        assert code == 2, (args, stderr)
+        assert stderr.count("\n") == 1 and message in stderr, (args, stderr)
+        assert "Traceback" not in stderr
     assert _snapshot(run) == before
     assert not (tmp_path / "new").exists()
 
