@@ -104,6 +104,25 @@ def test_features_are_normalised_per_block_and_scale_carries_the_magnitude(key):
     np.testing.assert_allclose(momenta["mom0.5"]["a"], 0.5 * grad["a"])  # EMA from zero
 
 
+def test_the_adam_feature_is_adams_direction_element_by_element():
+    """``adam0.9`` over five steps equals optax's ``scale_by_adam`` (β1 0.9, β2 0.999, ε 1e-8, bias-corrected):
+    the direction Adam steps in, before its learning rate."""
+    assert parse_feature("adam0.9:wipes") == {"adam_decay": "0.9", "channel": "wipes"}
+    lopt = LearnedOptimizer(inputs=("adam0.9",))
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    state, reference = lopt.init(params), adam.init(params)
+    grads = jax.random.normal(jax.random.key(0), (5, 7)) * jnp.array([[1e-3, 1.0, 1e2, 1.0, 1.0, 1.0, 1.0]])
+    for g in grads:
+        grad = {"a": g[:3], "b": g[3:].reshape(2, 2)}
+        feats, momenta, _ = lopt.features(_obs(grad), state, params)
+        expected, reference = adam.update(grad, reference)
+        np.testing.assert_allclose(feats["adam0.9"], jnp.concatenate([expected["a"], expected["b"].ravel()]),
+                                   rtol=1e-5)
+        state = state._replace(step=state.step + 1, momenta=momenta)
+    assert set(momenta) == {"adam0.9", "adam0.9/squares"}
+
+
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
 def test_learned_step_law_first_steps_near_zero_and_pinned_captures(kind, key):
     lopt = LearnedOptimizer(kind=kind, inputs=("grad", "mom0.9", "param", "loss", "step10"), hidden=8)

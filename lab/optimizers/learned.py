@@ -14,6 +14,10 @@ Input features are chosen by name (``inputs``); the vocabulary is
 ``grad[:CH]``           the primary gradient (or the extra channel ``CH``), normalised by its RMS over the block
 ``mom{β}[:CH]``         its exponential moving average with decay β, e.g. ``mom0.9``, normalised the same way
 ``scale[:CH]``          log of the block RMS of that gradient: the absolute scale the normalisation removes
+``adam{β}[:CH]``        Adam's direction per element (Kingma and Ba 2015): the bias-corrected moving average with
+                        decay β over the root of the bias-corrected moving average of squares (decay 0.999),
+                        e.g. ``adam0.9``; the per-element second-moment input of Metz et al. 2022 ("Practical
+                        tradeoffs between memory, compute, and performance in learned optimizers")
 ``param``               the parameter value
 ``loss``                log(loss / first loss), clipped to [-10, 10]
 ``step{k}``             tanh(step / k − 1), a step-count embedding at timescale k
@@ -37,9 +41,11 @@ from jax.flatten_util import ravel_pytree
 from lab.families.base import Observation, Params
 from lab.optimizers.base import Optimizer
 
-_FEATURE = re.compile(r"^(grad|mom(?P<decay>0?\.\d+)|scale)(:(?P<channel>\w+))?$|^param$|^loss$|^step(?P<k>\d+)$"
-                      r"|^cue:(?P<cue>\w+)$")
+_FEATURE = re.compile(r"^(grad|mom(?P<decay>0?\.\d+)|adam(?P<adam_decay>0?\.\d+)|scale)(:(?P<channel>\w+))?$"
+                      r"|^param$|^loss$|^step(?P<k>\d+)$|^cue:(?P<cue>\w+)$")
 _EPS = 1e-12
+ADAM_SQUARES_DECAY = 0.999  # the second-moment decay of every adam{β} feature (Adam's default β2)
+ADAM_EPS = 1e-8             # Adam's default ε
 
 
 def parse_feature(name: str) -> dict:
@@ -47,7 +53,7 @@ def parse_feature(name: str) -> dict:
     match = _FEATURE.match(name)
     if match is None:
         raise ValueError(f"unknown learned-optimizer input feature {name!r}; use grad[:CH], mom<decay>[:CH], "
-                         "scale[:CH], param, loss, step<k> or cue:NAME")
+                         "adam<decay>[:CH], scale[:CH], param, loss, step<k> or cue:NAME")
     return {k: v for k, v in match.groupdict().items() if v is not None}
 
 
@@ -114,7 +120,15 @@ class LearnedOptimizer:
 
     # --- features -----------------------------------------------------------------------------------
     def _momenta_names(self) -> list[str]:
-        return [n for n in self.inputs if n.startswith("mom")]
+        """The moving averages the state carries: one per ``mom`` feature, two per ``adam`` feature (its average
+        and, under ``NAME/squares``, its average of squares)."""
+        names = []
+        for n in self.inputs:
+            if n.startswith("mom"):
+                names.append(n)
+            elif n.startswith("adam"):
+                names += [n, f"{n}/squares"]
+        return names
 
     def init(self, params: Params) -> LearnedState:
         """Initial optimizer state for parameters ``params``."""
@@ -151,6 +165,16 @@ class LearnedOptimizer:
                 m = jax.tree.map(lambda m0, gi: decay * m0 + (1 - decay) * gi, state.momenta[name], g)
                 momenta[name] = m
                 feats[name] = _normalised(m)
+            elif kind.startswith("adam"):
+                g, decay = gradient(part.get("channel")), float(part["adam_decay"])
+                m = jax.tree.map(lambda m0, gi: decay * m0 + (1 - decay) * gi, state.momenta[name], g)
+                v = jax.tree.map(lambda v0, gi: ADAM_SQUARES_DECAY * v0 + (1 - ADAM_SQUARES_DECAY) * gi**2,
+                                 state.momenta[f"{name}/squares"], g)
+                momenta[name], momenta[f"{name}/squares"] = m, v
+                t = (state.step + 1).astype(jnp.float32)
+                m_hat = ravel_pytree(m)[0] / (1 - decay**t)
+                v_hat = ravel_pytree(v)[0] / (1 - ADAM_SQUARES_DECAY**t)
+                feats[name] = m_hat / (jnp.sqrt(v_hat) + ADAM_EPS)
             elif kind == "scale":
                 log_rms = jax.tree.map(lambda v: jnp.full(v.shape, 0.5 * jnp.log(jnp.mean(v**2) + _EPS)),
                                        gradient(part.get("channel")))
