@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -322,7 +321,6 @@ def bench_against_reference(settings: Settings) -> list[dict]:
 
 def bench_flops(settings: Settings, peak: dict) -> dict:
     """Counted flops with loop trips, checked against XLA's count of the unrolled program; % of peak."""
-    import jax
 
     from lab import flops
 

@@ -123,7 +123,6 @@ def main(argv=None) -> int:
     from lab.io import clean_folder_leftovers, unit_folder_problem
     from probes.subject import Subject, get_probe
     from probes.verdict import audit
-    from probes.zoo.jobs import audit_planted
 
     console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:

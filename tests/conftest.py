@@ -30,6 +30,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")  # catch silent broadcast
 
 import pytest  # noqa: E402
 
+import scripts_loader as scripts  # noqa: E402  (tests/scripts_loader.py)
+
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one pytest-xdist worker per core this process may run on, at most 4.
@@ -64,23 +66,6 @@ def _release_compiled_programs():
     gc.collect()
 
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
-
-
-def load_script(name: str):
-    """The module of ``scripts/<name>.py``, loaded once per process (its ``main(argv)`` is what a user runs)."""
-    import importlib.util
-    import sys
-
-    module_name = f"scripts_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, os.path.join(SCRIPTS, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses look their module up while the class is made
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
 @pytest.fixture
 def script_error(capsys):
     """``script_error(name, *args)``: runs ``scripts/<name>.py``'s ``main(args)`` in this process, as the command
@@ -90,7 +75,7 @@ def script_error(capsys):
     def call(name: str, *args: str) -> tuple[int, str]:
         capsys.readouterr()
         try:
-            code = load_script(name).main(list(args))
+            code = scripts.load(name).main(list(args))
         except SystemExit as e:  # argparse's own errors
             code = e.code
         return code, capsys.readouterr().err

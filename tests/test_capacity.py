@@ -2,22 +2,18 @@
 hand-made labels, the record and its page from hand-made members, the script's files and bad input, and, marked
 slow, the sweep's two ends on real meta-trained optimizers."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from probes.zoo import capacity as C
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "capacity.py"
+import scripts_loader as scripts  # tests/scripts_loader.py
+
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("capacity_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("capacity")
 
 
 @pytest.mark.parametrize("hidden, labels, expected", [

@@ -3,7 +3,6 @@ in-context learning for regression"): the M* rule on hand-made numbers, the dMMS
 pool posterior, a tiny sweep through the script (schema, reuse of run folders; the audit stubbed so it stays fast),
 bad input, and, marked slow, the transition itself on a real small sweep."""
 
-import importlib.util
 import json
 import types
 from pathlib import Path
@@ -15,14 +14,12 @@ import pytest
 from lab.families.incontext import ICLFamily
 from probes.zoo import diversity as D
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "diversity.py"
+import scripts_loader as scripts  # tests/scripts_loader.py
+
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("diversity_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("diversity")
 
 
 def fresh(model, dmmse=1.0, ridge=0.2):

@@ -19,6 +19,8 @@ from probes import verdict
 from probes.catalogue import dynamics as dyn
 from probes.subject import PROBES, Panel, Subject
 
+import scripts_loader as scripts  # tests/scripts_loader.py
+
 QUADRATIC = families.make("quadratic")
 
 
@@ -122,13 +124,7 @@ def test_heavy_ball_fit_and_polyak_closed_forms():
 def test_experiment_script(tmp_path):
     """The issue's experiment, short: both learned optimizers meta-trained, probed and set against the grid-tuned
     heavy ball and Polyak's β*; the numbers land in dynamics.json beside the figure."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "scripts" / "dynamics.py"
-    spec = importlib.util.spec_from_file_location("dynamics_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = scripts.load("dynamics")
     out = tmp_path / "dyn"
     assert script.main(["--meta-steps", "300", "--tasks", "64", "--quiet", "--out", str(out)]) == 0
     result = json.loads((out / "dynamics.json").read_text())

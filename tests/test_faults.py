@@ -8,7 +8,6 @@ subprocesses only where the point is a real second process (locks, kills) or the
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import pytest
 from lab import cli, io, runs
 from lab.meta.run import RunError, load_meta, train
 from lab.meta.train import MetaConfig, meta_params_sha256
+
+import scripts_loader as scripts  # tests/scripts_loader.py
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = MetaConfig(meta_steps=8, tasks=4, truncation=3, hidden=8, checkpoint_every=3, eval_tasks=8)
@@ -53,12 +54,7 @@ def _one_line_error(result, *needles):
         assert needle in result.stderr, result.stderr
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(f"faults_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+_module = scripts.load
 
 
 @pytest.fixture(scope="module")

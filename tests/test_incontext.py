@@ -3,7 +3,6 @@ ridge, the pool posterior), the hand-constructed attention that is exactly GD, p
 objective is known, and the script. Training to the published figures is marked slow."""
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -28,14 +27,13 @@ from probes.subject import PROBES, Subject, get_probe
 from probes.verdict import audit
 from probes.zoo import incontext as Z
 
+import scripts_loader as scripts  # tests/scripts_loader.py
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "icl.py"
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("icl_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("icl")
 
 
 def mc_loss(family, weights, n=50000, seed=1):
@@ -304,9 +302,7 @@ def test_script_writes_a_run_folder_that_probe_py_audits(tmp_path):
                      "--out", str(run)]) == 0
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "summary.json"}
     assert json.loads((run / "config.json").read_text())["kind"] == "incontext"
-    spec = importlib.util.spec_from_file_location("probe_script", SCRIPT.parent / "probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = scripts.load("probe")
     assert probe.main(["--optimizer", str(run), "--tasks", "128", "--out", str(tmp_path / "report")]) == 0
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["family"] == "incontext"
