@@ -2,12 +2,16 @@
 dense design, the named part preferred where the data cannot tell, and planted members whose objective no
 family names (their minimisers in closed form) or whose objective is named."""
 
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
 
+from lab.families.base import Shift
+from lab.families.quadratic import Quadratic
+from lab.optimizers import handwritten
 from probes.catalogue import objective as obj
 from probes.subject import Subject
 from probes.verdict import audit
@@ -118,6 +122,21 @@ def test_the_report_is_json_and_draws_the_recovered_objective_against_the_base()
     assert "unnamed" in report.summary("loss")
     (panel,) = report.figures("loss", "unnamed")
     assert panel.png and "Recovered objective" in panel.title
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resizable(Quadratic):
+    """The quadratic with a shift that resizes θ, as digits' `wider` does."""
+
+    def shift_table(self):
+        return {**super().shift_table(), "bigger": Shift({"dim": self.dim + 4}, "four more coordinates")}
+
+
+def test_a_shift_that_resizes_the_parameters_is_left_out_and_named():
+    report = obj.objective(Subject(handwritten.sgd(0.1), _Resizable(), jax.random.key(0), 16))
+    assert report.other_shapes == ("bigger",) and "bigger" not in report.base_alignment
+    assert report.named["loss"] > 0.9 and report.base_alignment["train"] >= 0.95
+    assert "left out (parameters of other shapes): bigger" in report.summary("loss")
 
 
 @pytest.mark.slow

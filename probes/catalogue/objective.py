@@ -502,12 +502,15 @@ class ObjectiveReport(Report):
     undetermined: dict                  # count, blocks and directions the data leaves f undetermined along
     description: str
     paths: dict[str, dict[str, list]]   # per shift, mean normalised recovered objective and base per step
+    other_shapes: tuple[str, ...] = ()  # shifts left out: their parameters have other shapes than training's
 
     def summary(self, base: str) -> str:
         named = pairs({q: w for q, w in self.named.items()})
+        left_out = (f"; left out (parameters of other shapes): {', '.join(self.other_shapes)}"
+                    if self.other_shapes else "")
         return (f"f = {named} + unnamed (share {fmt(self.unnamed_share)}); {self.description}; R² {fmt(self.r2)}, "
                 f"argmin error {fmt(self.argmin_error)}, base alignment "
-                f"{pairs(self.base_alignment)}")
+                f"{pairs(self.base_alignment)}{left_out}")
 
     def figures(self, base: str, pursued: str | None) -> list[Panel]:
         """The recovered objective against the base along the optimizer's path on every shift, both normalised
@@ -568,6 +571,11 @@ def objective(subject: Subject) -> ObjectiveReport:
     shifts = list(subject.family.shifts())  # "train" first
     traces = {s: subject.trace(s) for s in shifts}
     trace = traces["train"]
+    # The unnamed part is per parameter element, so it spans only shifts whose parameters have the training
+    # shapes; a shift that resizes the model (digits' `wider`) is left out and named in the report.
+    shapes = {k: v.shape[2:] for k, v in trace.params.items()}
+    other_shapes = tuple(s for s, tr in traces.items() if {k: v.shape[2:] for k, v in tr.params.items()} != shapes)
+    traces = {s: tr for s, tr in traces.items() if s not in other_shapes}
     # Fitted within the training horizon on every shift: what an optimizer does past it (a target it switches
     # to later, a schedule that runs out) is the capability sweep's question (step 7), not its objective here.
     within = [tr.prefix(min(tr.steps, trace.steps)) for tr in traces.values()]
@@ -632,4 +640,4 @@ def objective(subject: Subject) -> ObjectiveReport:
         unbounded=float(1.0 - np.mean(bounded)), reduced=reduced, base_alignment=alignment,
         undetermined={"count": len(fit.undetermined), "blocks": blocks,
                       "directions": [" ~ ".join(d) for d in fit.undetermined[:8]]},
-        description=_describe(lay, fit.unnamed_share, own, centre, pull), paths=paths)
+        description=_describe(lay, fit.unnamed_share, own, centre, pull), paths=paths, other_shapes=other_shapes)
