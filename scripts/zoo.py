@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 
     console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:
-        learned = _names(args.scenarios, list(scenarios.SCENARIOS), list(scenarios.SCENARIOS), "scenario")
+        learned = _names(args.scenarios, list(scenarios.SCENARIOS), scenarios.default_names(args.quick), "scenario")
         planted_default = list(QUICK_PLANTED) if args.quick else zoo.zoo_names()
         planted = _names(args.planted, zoo.zoo_names(), planted_default, "planted member")
         own = {spec: scenarios.for_family(families.resolve(spec)) for spec in args.family}  # bad specs fail here

@@ -161,11 +161,21 @@ def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
     (["--planted", "nope"], "unknown planted member 'nope'"),
     (["--seeds", "0"], "must be positive"),
 ])
-def test_zoo_script_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
-    result = _zoo(*args, "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_zoo_script_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message, script_error):
+    code, stderr = script_error("zoo", *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "zoo.json").exists()
+
+
+def test_a_scenario_trains_with_its_familys_defaults_and_long_ones_stay_out_of_the_quick_zoo():
+    from lab.meta.train import MetaConfig
+
+    digits = scenarios.SCENARIOS["digits"]
+    assert digits.meta_config(3) == MetaConfig.for_family("digits_mlp", estimator="pes", seed=3)  # train.py's run
+    assert digits.meta_config(3).meta_steps == 1500 and digits.meta_config(3, quick=True).meta_steps == 200
+    assert "digits" not in scenarios.default_names(quick=True) and "digits" in scenarios.default_names()
+    assert scenarios.default_names() == list(scenarios.SCENARIOS)
 
 
 @pytest.mark.slow
