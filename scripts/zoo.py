@@ -28,9 +28,11 @@ def parse(argv=None):
     p = OneLineParser(prog="zoo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("zoo"), help="folder for zoo.json, report.html and runs/")
     p.add_argument("--quick", action="store_true",
-                   help=f"shorter meta-training, and of the planted zoo only {', '.join(QUICK_PLANTED)}")
+                   help=f"shorter meta-training, no scenario marked long (digits), and of the planted zoo only "
+                   f"{', '.join(QUICK_PLANTED)}")
     p.add_argument("--seeds", type=cli.positive(1000), default=1, help="meta-train every scenario on seeds 0 … N−1")
-    p.add_argument("--scenarios", help="only these learned scenarios (comma-separated)")
+    p.add_argument("--scenarios", help="only these learned scenarios (comma-separated; default: all, or all but "
+                   "the long ones under --quick)")
     p.add_argument("--planted", help="planted members to audit: all, none, or comma-separated names "
                    "(default: all, or the quick sample under --quick)")
     p.add_argument("--no-incontext", dest="incontext", action="store_false",
