@@ -139,6 +139,12 @@ def test_a_shift_that_resizes_the_parameters_is_left_out_and_named():
     assert "left out (parameters of other shapes): bigger" in report.summary("loss")
 
 
+def test_a_model_too_large_for_the_per_element_fit_is_declined_in_one_line():
+    family = Quadratic(dim=obj.MAX_ELEMENTS + 1, horizon=3)
+    with pytest.raises(ValueError, match=f"moves {obj.MAX_ELEMENTS + 1} parameter elements"):
+        obj.objective(Subject(handwritten.sgd(0.1), family, jax.random.key(0), 2))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gd_hidden_point", "gd_hidden_quadratic", "adam_tilt"])
 def test_hidden_objectives_on_five_seeds_are_recovered_and_never_called_robust(name):

@@ -67,6 +67,10 @@ NULL = 1e-8             # standardised eigenvalues below this share of the large
 QUIET = 1e-3            # steps whose update is below this share of the task's largest carry float noise, not
                         # direction: they are down-weighted in proportion
 BOOTSTRAP = 200
+# The unnamed part has two coefficients per movable element, and the fit solves dense normal equations of
+# K + 2P unknowns per task (memory R·(K + 2P)² and an eigendecomposition per bootstrap). At 2,410 elements (the
+# digits MLP) that is 6 GB per array and hours of solves; up to this many elements it is at most a few seconds.
+MAX_ELEMENTS = 512
 MINIMISER_STEPS = 200   # L-BFGS iterations to the recovered objective's minimiser, from the end point
 STOPPED = 0.5          # an optimizer whose last update is this share of its first or more has not stopped
 UNBOUNDED = 100.0       # a minimiser further than this × the distance travelled: the objective is unbounded
@@ -183,6 +187,9 @@ def _design(traces: list[Trace], named: list[str]) -> tuple[list[_Design], Layou
     """The fit's data from traces of one subject on several shifts (the same tasks on each), with candidates
     that no trace tells apart left out (``named_aliases`` over the rows of all of them)."""
     lay = Layout(traces, named, {})
+    if lay.P > MAX_ELEMENTS:
+        raise ValueError(f"the optimizer moves {lay.P} parameter elements; the per-element fit of the unnamed part "
+                         f"takes at most {MAX_ELEMENTS} (dense normal equations of {lay.K + 2 * lay.P} unknowns)")
     raw = []
     for tr in traces:
         params = {k: v[:, :-1] for k, v in tr.params.items()}
