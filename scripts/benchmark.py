@@ -44,6 +44,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     from lab import runs
+    from probes.zoo.jobs import WorkerDied
 
     try:
         with runs.lock_report(args.out):  # one writer per folder; a second is refused in one line
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"benchmark.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    except WorkerDied as e:  # not bad input: exit 1; the folder's files are as they were
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

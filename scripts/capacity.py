@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from lab.io import commit_files, dumps, recover_commits
     from lab.runs import RunError
     from probes.zoo import capacity as C
-    from probes.zoo.jobs import default_workers
+    from probes.zoo.jobs import WorkerDied, default_workers
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     start = time.perf_counter()
@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RunError) as e:
         print(f"capacity.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    except WorkerDied as e:  # not bad input: exit 1; the folder's files are as they were
+        print(f"capacity.py: error: {e}", file=sys.stderr)
+        return 1
     thr = record["threshold"]
     per_seed = ", ".join(f"seed {s}: {v['h_star']}" for s, v in thr["per_seed"].items())
     print(f"H* median {thr['median']} over {thr['found']}/{thr['seeds']} seeds ({per_seed}); wrote "

@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     from lab.io import clean_folder_leftovers, unit_folder_problem
     from probes.subject import Subject, get_probe
     from probes.verdict import audit
+    from probes.zoo.jobs import WorkerDied
 
     console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:
@@ -157,6 +158,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError, runs.RunError) as e:
         print(f"probe.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    except WorkerDied as e:  # not bad input: exit 1; the folder's files are as they were
+        print(f"probe.py: error: {e}", file=sys.stderr)
+        return 1
     console.print(report.terminal_table(verdict))
     console.print(f"wrote {args.out / 'report.json'} and {args.out / 'report.html'}")
     return 0

@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     except (RunError, OSError) as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    except zoo.WorkerDied as e:  # not bad input: exit 1; the folder's zoo.json and report.html are as they were
+        print(f"zoo.py: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(args, console, learned: list[str], planted: list[str], own: dict) -> int:

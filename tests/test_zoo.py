@@ -130,6 +130,27 @@ def test_run_jobs_replaces_a_worker_after_its_share_of_jobs():
     assert os.getpid() not in pids and len(set(pids)) == 2 and pids[0] == pids[1] != pids[2] == pids[3]
 
 
+def test_run_jobs_names_the_job_whose_worker_died():
+    with pytest.raises(zoo.WorkerDied, match=r"^a worker process died running job 2 of 3 \(abort\), most often .*"
+                                             r"out of memory") as caught:
+        zoo.run_jobs([(pow, (2, 1)), (os.abort, ()), (pow, (2, 3))], 1, jobs_per_worker=1)
+    assert "\n" not in str(caught.value)
+
+
+def test_zoo_script_ends_in_one_line_and_keeps_its_files_when_a_worker_dies(tmp_path, monkeypatch, script_error):
+    (tmp_path / "zoo.json").write_text("{}\n")
+    message = "a worker process died running job 1 of 2 (learned_job of 'quadratic'), most often ..."
+
+    def dies(*args, **kwargs):
+        raise zoo.WorkerDied(message)
+
+    monkeypatch.setattr(zoo, "run_jobs", dies)
+    code, err = script_error("zoo", "--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext",
+                             "--out", str(tmp_path))
+    assert code == 1 and err.strip().splitlines() == [f"zoo.py: error: {message}"]
+    assert (tmp_path / "zoo.json").read_text() == "{}\n" and not (tmp_path / "report.html").exists()
+
+
 def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
     result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext", "--jobs", "2", "--tasks", "16",
                   "--out", str(tmp_path))

@@ -13,12 +13,18 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from lab import compile_cache
 from probes.zoo import distilled, planted
 from probes.zoo.entry import Entry
 from probes.verdict import Verdict, audit
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of ``run_jobs`` ended without a result (killed, most often by the kernel when the machine
+    ran out of memory); the message is one line naming the job."""
 
 
 def zoo_names() -> list[str]:
@@ -144,7 +150,14 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 i, slot = running.pop(future)
-                results[i] = future.result()
+                try:
+                    results[i] = future.result()
+                except BrokenProcessPool:
+                    fn, args = jobs[i]
+                    what = fn.__name__ + (f" of {args[0]!r}" if args else "")
+                    raise WorkerDied(f"a worker process died running job {i + 1} of {len(jobs)} ({what}), most "
+                                     "often because the machine ran out of memory; try fewer worker processes "
+                                     "(--jobs)") from None
                 if on_done is not None:
                     on_done(i, results[i])
                 submit(slot)
