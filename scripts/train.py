@@ -23,8 +23,8 @@ from lab.meta.train import ESTIMATORS, OPTIMIZERS, MetaConfig
 
 
 # The flags that set MetaConfig fields: one the user leaves out takes the family's default (MetaConfig.for_family).
-CONFIG_FLAGS = ("optimizer", "estimator", "meta_steps", "seed", "tasks", "truncation", "meta_lr", "loss_floor",
-                "checkpoint_every", "eval_tasks", "features", "remat", "eval_horizons", "eval_shifts")
+CONFIG_FLAGS = ("optimizer", "estimator", "meta_steps", "seed", "tasks", "truncation", "meta_lr", "meta_lr_final",
+                "loss_floor", "checkpoint_every", "eval_tasks", "features", "remat", "eval_horizons", "eval_shifts")
 _UNSET = object()
 
 
@@ -60,6 +60,8 @@ def parse(argv=None) -> tuple[MetaConfig, Path, bool, bool, argparse.Namespace]:
                    help="inner steps per meta-step")
     p.add_argument("--meta-lr", type=cli.real(0, lo_open=True), default=defaults.meta_lr,
                    help="Adam learning rate of the meta-parameters")
+    p.add_argument("--meta-lr-final", type=cli.real(0, lo_open=True), default=defaults.meta_lr_final,
+                   help="cosine-decay the meta learning rate to this over the run (default: constant)")
     p.add_argument("--loss-floor", type=cli.real(hi=0, hi_open=True), default=defaults.loss_floor,
                    help="clip the per-step log meta-loss below at this negative value (e.g. -8; None: no floor)")
     p.add_argument("--checkpoint-every", type=cli.positive(), default=defaults.checkpoint_every,

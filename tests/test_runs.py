@@ -92,6 +92,26 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert longer == train(TINY, tmp_path / "fresh")
 
 
+def test_a_decayed_meta_lr_runs_its_cosine_and_cannot_be_extended(tmp_path):
+    from lab.meta.train import outer_optimizer
+
+    config = dataclasses.replace(TINY, meta_lr=1e-2, meta_lr_final=1e-3)
+    assert "meta_lr_final" not in TINY.to_json() and config.to_json()["meta_lr_final"] == 1e-3
+    # Adam on a constant gradient steps by its learning rate: the cosine from 1e-2 (step 0) to 1e-3 (the last step).
+    tx, params = outer_optimizer(config), {"w": np.zeros(1, np.float32)}
+    state, steps = tx.init(params), []
+    for _ in range(config.meta_steps + 1):
+        update, state = tx.update({"w": np.ones(1, np.float32)}, state, params)
+        steps.append(-float(update["w"][0]))
+    cosine = [1e-3 + 0.5 * (1e-2 - 1e-3) * (1 + np.cos(np.pi * k / config.meta_steps)) for k in range(9)]
+    np.testing.assert_allclose(steps, cosine, rtol=1e-4)
+    train(dataclasses.replace(config, meta_steps=4), tmp_path / "run")
+    with pytest.raises(RunError, match="meta_steps: 4 in the run, 8 now"):  # the schedule spans the 4 steps
+        train(config, tmp_path / "run", resume=True)
+    with pytest.raises(RunError, match="meta-lr-final must be positive and at most meta-lr"):
+        train(dataclasses.replace(config, meta_lr_final=0.1), tmp_path / "other")
+
+
 def test_bad_requests_change_nothing(tmp_path):
     run = tmp_path / "run"
     train(TINY, run)

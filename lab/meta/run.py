@@ -27,6 +27,14 @@ METRICS_BLOCK = 25
 RESUMABLE_CHANGES = ("meta_steps", "checkpoint_every", "eval_tasks", "eval_horizons", "eval_shifts")
 
 
+def _resumable(config: MetaConfig) -> tuple[str, ...]:
+    """The fields a resume may change: a decayed meta learning rate's schedule spans the run's ``meta_steps``, so
+    extending such a run would change its trajectory (``MetaConfig.meta_lr_final``)."""
+    if config.meta_lr_final is None:
+        return RESUMABLE_CHANGES
+    return tuple(name for name in RESUMABLE_CHANGES if name != "meta_steps")
+
+
 def _normalize(saved: dict) -> dict:
     """A saved config as this code reads it (fields added since it was written at their defaults);
     ``ValueError`` naming the field of a damaged one."""
@@ -36,12 +44,13 @@ def _normalize(saved: dict) -> dict:
 def prepare(config: MetaConfig, out: Path, resume: bool) -> dict | None:
     """Checks the request against the folder; raises ``RunError`` before touching anything. Returns the saved
     config of the run being resumed, ``None`` for a fresh one (``lab.runs.prepare``)."""
-    return runs.prepare(config.to_json(), config.validate, out, resume, RESUMABLE_CHANGES, "meta_steps", _normalize)
+    return runs.prepare(config.to_json(), config.validate, out, resume, _resumable(config), "meta_steps",
+                        _normalize)
 
 
 def _restore(config: MetaConfig, out: Path, manager, repair: bool = False) -> MetaState:
     """The newest intact checkpoint's state (``lab.runs.restore``; a writer ``repair``s)."""
-    return runs.restore(manager, init_state(config), config.to_json(), out, RESUMABLE_CHANGES, repair=repair,
+    return runs.restore(manager, init_state(config), config.to_json(), out, _resumable(config), repair=repair,
                         normalize=_normalize)
 
 

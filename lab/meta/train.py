@@ -41,6 +41,10 @@ class MetaConfig:
     tasks: int = 32
     truncation: int = 10
     meta_lr: float = 3e-3
+    # Cosine decay of the meta learning rate from ``meta_lr`` to this over the run's ``meta_steps`` (None: constant).
+    # Left out of config.json when None, like ``features``. A decayed run cannot be extended by ``--resume``: the
+    # schedule spans the steps it was started for.
+    meta_lr_final: float | None = None
     grad_clip: float = 1.0
     loss_clip: float = 3.0
     loss_floor: float | None = None  # lower clip of the per-step log ratio (None: unclipped)
@@ -93,7 +97,10 @@ class MetaConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.seed < 2 ** 63:  # what jax.random.key takes; beyond it, it overflows mid-run
             raise ValueError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
-        for name in ("meta_lr", "grad_clip", "es_sigma", "loss_clip", "loss_floor"):
+        if self.meta_lr_final is not None and not 0 < self.meta_lr_final <= self.meta_lr:
+            raise ValueError(f"meta-lr-final must be positive and at most meta-lr ({self.meta_lr}), got "
+                             f"{self.meta_lr_final}")
+        for name in ("meta_lr", "meta_lr_final", "grad_clip", "es_sigma", "loss_clip", "loss_floor"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # inf would train to NaN and still exit 0
                 raise ValueError(f"{name.replace('_', '-')} must be a finite number, got {value}")
@@ -125,6 +132,8 @@ class MetaConfig:
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
+        if data["meta_lr_final"] is None:
+            del data["meta_lr_final"]  # the default: config.json (and its hash) as before the field
         if data["features"] is None:
             del data["features"]  # the default: config.json (and the zoo's config hash) as before the field
         else:
@@ -164,10 +173,13 @@ class MetaState(NamedTuple):
 
 
 def outer_optimizer(config: MetaConfig) -> optax.GradientTransformation:
-    """Adam on φ after global-norm clipping; a non-finite meta-gradient skips the update and is counted
-    (``optax.apply_if_finite``)."""
+    """Adam on φ after global-norm clipping, at ``meta_lr`` or cosine-decayed to ``meta_lr_final`` (Loshchilov &
+    Hutter 2017, SGDR, without restarts); a non-finite meta-gradient skips the update and is counted
+    (``optax.apply_if_finite``; a skipped step does not advance the schedule)."""
+    lr = config.meta_lr if config.meta_lr_final is None else optax.cosine_decay_schedule(
+        config.meta_lr, config.meta_steps, alpha=config.meta_lr_final / config.meta_lr)
     return optax.apply_if_finite(
-        optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.meta_lr)),
+        optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(lr)),
         max_consecutive_errors=1_000_000)
 
 
