@@ -157,7 +157,7 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
                     what = fn.__name__ + (f" of {args[0]!r}" if args else "")
                     raise WorkerDied(f"a worker process died running job {i + 1} of {len(jobs)} ({what}), most "
                                      "often because the machine ran out of memory; try fewer worker processes "
-                                     "(--jobs)") from None
+                                     "(--jobs, where the command has it)") from None
                 if on_done is not None:
                     on_done(i, results[i])
                 submit(slot)
