@@ -264,10 +264,17 @@ def test_a_run_folder_trains_resumes_bit_for_bit_and_loads_as_an_optimizer(tmp_p
     whole = train_run(config, tmp_path / "whole", on_eval=lambda g, p: {"n": 1})
     lines = runs.read_metrics(tmp_path / "whole" / "metrics.jsonl")
     assert [line["step"] for line in lines] == [0, 100, 200] and lines[-1]["loss"] < 0.8 * 10 / 24  # the competence bar: 0.8 × the zero predictor
-    half = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=100))
-    train_run(half, tmp_path / "split")
+    def stop_after_first_chunk(step, line):
+        raise KeyboardInterrupt  # like a kill after the step-100 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "split", on_chunk=stop_after_first_chunk)
     resumed = train_run(config, tmp_path / "split", resume=True)
     assert resumed["params_sha256"] == whole["params_sha256"]
+    # the schedule (warm-up, then a cosine) spans the run's steps: a longer run is not an extension of this one
+    with pytest.raises(runs.RunError, match="steps: 200 in the run, 300 now"):
+        train_run(dataclasses.replace(config, train=dataclasses.replace(config.train, steps=300)),
+                  tmp_path / "whole", resume=True)
     optimizer, family, untrained = load(tmp_path / "whole")
     assert family == ICLFamily(horizon=1) and untrained is not None
     with pytest.raises(runs.RunError, match="different config"):

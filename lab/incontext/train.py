@@ -94,7 +94,9 @@ def make_chunk(graphdef, family: ICLFamily, tx: optax.GradientTransformation, ba
 # Run folders
 # -------------------------------------------------------------------------------------------------------
 FAMILY_FIELDS = ("dim", "context", "noise", "prior", "input_scale", "inputs", "masked", "pool", "pool_seed")
-RESUMABLE_CHANGES = ("steps", "eval_tasks")
+# Fields that may differ when a run is resumed. Not ``steps``: the learning-rate schedule (warm-up, then a cosine)
+# spans the run's steps, so a longer run is a different trajectory from its first step on, not an extension.
+RESUMABLE_CHANGES = ("eval_tasks",)
 
 
 @dataclasses.dataclass(frozen=True)
