@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,7 @@ import numpy as np
 
 from lab import rollout
 from lab.families.base import TaskFamily
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, Parametric, built, program_parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +65,6 @@ class Trace:
                                    quantities=first(self.quantities, steps + 1), captures=first(self.captures, steps))
 
 
-class Parametric(NamedTuple):
-    """An optimizer built inside the compiled rollout from traced arguments: ``make(args) -> Optimizer``.
-
-    Rollouts of one ``make`` with different ``args`` (a tuned learning rate, meta-parameters) share one
-    compilation, where an ``Optimizer`` closing over those values would compile once per value. ``make``
-    must be the same function object each time (module-level, or from a cached factory)."""
-
-    make: Callable[[Any], Optimizer]
-    args: Any
-
-
 def wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
     """Whether ``record``'s capture filter keeps the capture ``name``."""
     if isinstance(captures, bool):
@@ -95,7 +84,7 @@ def _recorder(family: TaskFamily, optimizer: Optimizer | None, make: Callable | 
         return r.quantities, (r.update if keep_params else {}), kept, (state.params if keep_params else {})
 
     def one(k, args):
-        opt = optimizer if make is None else make(args)
+        opt = built(optimizer, make, args)
         k_start, k_run = jax.random.split(k)
         state = rollout.start(family, opt, k_start)
         q0 = family.quantities(state.params, state.task)
@@ -121,8 +110,7 @@ def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array
     fam = family.shift(shift)
     steps = fam.horizon if steps is None else steps
     captures = captures if isinstance(captures, bool) else tuple(captures)
-    opt, make, args = (None, optimizer.make, optimizer.args) if isinstance(optimizer, Parametric) else (
-        optimizer, None, None)
+    opt, make, args = program_parts(optimizer)
     run = _recorder(fam, opt, make, int(steps), captures, keep_params)
     qs, ups, caps, ps, task = run(jax.random.split(key, tasks), args)
     to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731

@@ -81,3 +81,21 @@ def test_second_audit_of_an_in_context_learner_compiles_nothing_new():
         again = audit(optimizer, family, seed=0, tasks=256)
     assert counts == {LOWERED: 0, COMPILED: 0}
     assert again.to_json() == first.to_json()
+
+
+def test_a_run_of_another_seed_and_length_compiles_nothing_new(tmp_path):
+    """Meta-training: the meta-step, the start state and the held-out evaluation take the seed's key and the
+    meta-parameters as arguments, so a second run of the same architecture (another seed, more meta-steps, other
+    checkpoints) reuses every program of the first; only its numbers differ."""
+    import dataclasses
+
+    from lab.meta.run import train
+    from lab.meta.train import MetaConfig
+
+    config = MetaConfig(meta_steps=4, tasks=4, truncation=3, hidden=8, checkpoint_every=2, eval_tasks=8)
+    first = train(config, tmp_path / "first")
+    with counting() as counts:
+        second = train(dataclasses.replace(config, seed=1, meta_steps=6, checkpoint_every=3), tmp_path / "second")
+    assert counts == {LOWERED: 0, COMPILED: 0}
+    assert second["meta_params_sha256"] != first["meta_params_sha256"]
+    assert second["eval"]["lopt_base"] != first["eval"]["lopt_base"]

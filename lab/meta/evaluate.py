@@ -13,7 +13,7 @@ import optax
 
 from lab import rollout
 from lab.families.base import TaskFamily
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, Parametric, built, program_parts
 from lab.optimizers.handwritten import from_optax
 
 
@@ -50,15 +50,22 @@ def final_excess_base(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
 
 
 @functools.lru_cache(maxsize=None)
-def _final_fn(family: TaskFamily, optimizer: Optimizer, tasks: int, horizon: int | None):
-    """Jitted once per (family, optimizer, tasks, horizon): ``key -> (final excess base, final extent of θ)``,
-    each ``(tasks,)``: one rollout gives the evaluation and its range check (``held_out_extent``)."""
+def _final_fn(family: TaskFamily, optimizer: Optimizer | None, make: Callable | None, tasks: int,
+              horizon: int | None):
+    """Jitted once per (family, optimizer or ``make``, tasks, horizon): ``(key, args) -> (final excess base, final
+    extent of θ)``, each ``(tasks,)``: one rollout gives the evaluation and its range check (``held_out_extent``)."""
 
-    def both(key):
-        final = _final_states(family, optimizer, key, tasks, horizon)
+    def both(key, args):
+        final = _final_states(family, built(optimizer, make, args), key, tasks, horizon)
         return _excess(family, final), _extent(final)
 
     return jax.jit(both)
+
+
+def _final(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array, tasks: int):
+    """``_final_fn``'s two arrays for ``optimizer`` (a ``Parametric`` shares one program over its ``args``)."""
+    opt, make, args = program_parts(optimizer)
+    return _final_fn(family, opt, make, tasks, None)(key, args)
 
 
 def adam_lr_grid(points: int = 11) -> np.ndarray:
@@ -105,9 +112,11 @@ def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon:
     return float(lrs[int(np.argmin(means))]), means
 
 
-def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128,
+def compare_with_adam(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array, tasks: int = 128,
                       lrs=None) -> dict:
     """The learned optimizer and tuned Adam on the same ``tasks`` held-out tasks for the family's horizon.
+    ``optimizer`` may be a ``Parametric`` (``LearnedOptimizer.parametric(meta)``): then every meta-parameter value
+    of one architecture shares the evaluation's compiled rollout.
 
     Adam's learning rate is chosen on other tasks. Returns the ``eval`` record of a run's summary:
     ``horizon``, ``tasks``, ``lopt_base``, ``adam_base`` (mean final excess base), ``adam_lr`` and
@@ -118,7 +127,7 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
     grid = adam_grid_means(family, tasks, lrs)
     best = int(np.argmin(np.asarray(grid(k_tune))))
     adam_lr, adam_base = float(lrs[best]), float(grid(k_test)[best])
-    lopt_base = float(jnp.mean(_final_fn(family, optimizer, tasks, None)(k_test)[0]))
+    lopt_base = float(jnp.mean(_final(family, optimizer, k_test, tasks)[0]))
     ratio = lopt_base / adam_base if adam_base > 0 else float("inf")
     # JSON has no infinity: a diverged evaluation is reported as null.
     finite = lambda x: x if np.isfinite(x) else None  # noqa: E731
@@ -126,7 +135,7 @@ def compare_with_adam(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
             "adam_base": finite(adam_base), "adam_lr": adam_lr, "ratio": finite(ratio)}
 
 
-def evaluation_rows(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128,
+def evaluation_rows(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array, tasks: int = 128,
                     horizons: tuple[int, ...] = (), shifts: tuple[str, ...] = (), lrs=None) -> list[dict]:
     """``compare_with_adam`` beyond the training conditions, one record per row: first at each multiple in
     ``horizons`` of the family's horizon, then at the training horizon under each named shift of ``shifts`` (a
@@ -145,15 +154,16 @@ def evaluation_rows(family: TaskFamily, optimizer: Optimizer, key: jax.Array, ta
     return rows
 
 
-def held_out_extent(family: TaskFamily, optimizer: Optimizer, key: jax.Array, tasks: int = 128) -> float:
+def held_out_extent(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array,
+                    tasks: int = 128) -> float:
     """The largest |θ| element (``inf`` if any is not finite) the optimizer reaches at the end of the family's
     horizon on the held-out tasks ``compare_with_adam(family, optimizer, key, tasks)`` tests on; with the same
     ``optimizer`` object it reuses that evaluation's compiled rollout."""
     _, k_test = jax.random.split(key)
-    return float(jnp.max(_final_fn(family, optimizer, tasks, None)(k_test)[1]))
+    return float(jnp.max(_final(family, optimizer, k_test, tasks)[1]))
 
 
-def evaluation_warnings(family: TaskFamily, optimizer: Optimizer, key: jax.Array, evaluation: dict,
+def evaluation_warnings(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array, evaluation: dict,
                         tasks: int = 128) -> list[str]:
     """One line per trap the held-out evaluation ``evaluation = compare_with_adam(family, optimizer, key, tasks)``
     reveals, each naming the fix: the optimizer diverged there (its figures are null, whatever the meta-loss said:

@@ -16,7 +16,8 @@ import numpy as np
 from lab import runs, sharding
 from lab.io import dumps, write_json_atomic
 from lab.meta.evaluate import compare_with_adam, evaluation_rows, evaluation_warnings
-from lab.meta.train import MetaConfig, MetaState, build, distribute, init_state, make_meta_step, meta_params_sha256
+from lab.meta.train import (MetaConfig, MetaState, build, distribute, init_state, make_meta_step,
+                             meta_params_sha256, program_config)
 from lab.runs import RunError  # noqa: F401  (callers catch it from here)
 
 # Meta-steps whose metrics are fetched from the device together: fetching every step would make the host wait
@@ -72,10 +73,14 @@ def eval_key(config: MetaConfig) -> jax.Array:
     return jax.random.fold_in(jax.random.key(config.seed), 1)
 
 
-@functools.lru_cache(maxsize=8)
 def _compiled_meta_step(config: MetaConfig):
-    """The jitted meta-step of ``config``, made once per config in a process (a resume, or a second run of
-    the same config, reuses its compilation)."""
+    """The jitted meta-step of ``config``, made once per ``program_config`` in a process: a resume, another seed or
+    a longer run of the same config reuses its compilation."""
+    return _jitted_meta_step(program_config(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_meta_step(config: MetaConfig):
     return jax.jit(make_meta_step(config))
 
 
@@ -224,7 +229,7 @@ def _train_locked(config: MetaConfig, out: Path, resume: bool, on_step: Callable
 
     lopt, _, _ = build(config)
     meta = sharding.gather(state.meta)
-    family, optimizer = config.family_obj(), lopt.optimizer(meta)
+    family, optimizer = config.family_obj(), lopt.parametric(meta)  # one evaluation program for every run
     evaluation = compare_with_adam(family, optimizer, eval_key(config), config.eval_tasks)
     # Traps that a good-looking meta-loss hides: said in the terminal and kept in the summary.
     warnings = evaluation_warnings(family, optimizer, eval_key(config), evaluation, config.eval_tasks)

@@ -195,11 +195,28 @@ def build(config: MetaConfig, family: families.TaskFamily | None = None
     return lopt, make_estimator(config.estimator, trunc, config.es_sigma), outer_optimizer(config)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))  # one compile instead of hundreds of small eager ops
+# The fields of a config that neither the meta-step's program nor the initial state's reads: the seed enters
+# as a key (an argument), the rest is bookkeeping. ``meta_steps`` joins them unless a decayed meta learning rate's
+# schedule spans it (``outer_optimizer``).
+_NOT_IN_PROGRAMS = ("seed", "checkpoint_every", "eval_tasks", "eval_horizons", "eval_shifts")
+
+
+def program_config(config: MetaConfig) -> MetaConfig:
+    """``config`` with every field its compiled programs do not read set to the default: the key under which a
+    process (and jax's persistent cache, across processes) compiles them once, for every seed and length of run."""
+    names = _NOT_IN_PROGRAMS + (("meta_steps",) if config.meta_lr_final is None else ())
+    return dataclasses.replace(config, **{name: getattr(MetaConfig, name) for name in names})
+
+
 def init_state(config: MetaConfig, family: families.TaskFamily | None = None) -> MetaState:
     """The meta-state at step 0, fully determined by ``config.seed`` (``family`` as in ``build``)."""
+    return _init_state(program_config(config), family, jax.random.key(config.seed))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one compile instead of hundreds of small eager ops
+def _init_state(config: MetaConfig, family: families.TaskFamily | None, key: jax.Array) -> MetaState:
     lopt, estimator, outer = build(config, family)
-    k_meta, k_est, k_run = jax.random.split(jax.random.key(config.seed), 3)
+    k_meta, k_est, k_run = jax.random.split(key, 3)
     meta = lopt.init_meta(k_meta)
     return MetaState(meta, outer.init(meta), estimator.init(k_est, config.tasks, meta),
                      jax.random.key_data(k_run), jnp.zeros([], jnp.int32))

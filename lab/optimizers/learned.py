@@ -30,6 +30,7 @@ Meta-parameters φ are a plain pytree of arrays (no module objects cross ``jit``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Literal, NamedTuple
 
@@ -39,7 +40,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from lab.families.base import Observation, Params
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, Parametric
 
 _FEATURE = re.compile(r"^(grad|mom(?P<decay>0?\.\d+)|adam(?P<adam_decay>0?\.\d+)|scale)(:(?P<channel>\w+))?$"
                       r"|^param$|^loss$|^step(?P<k>\d+)$|^cue:(?P<cue>\w+)$")
@@ -227,6 +228,11 @@ class LearnedOptimizer:
         """The learned optimizer with meta-parameters ``meta`` in the lab's ``Optimizer`` protocol."""
         return Optimizer(init=self.init, update=lambda obs, state, params: self.apply(meta, obs, state, params))
 
+    def parametric(self, meta: dict) -> Parametric:
+        """``optimizer(meta)`` as a ``Parametric``: the programs that run it take ``meta`` as an argument, so every
+        meta-parameter value of this architecture (each run, seed and checkpoint) shares their compilation."""
+        return Parametric(_optimizer_of(self), meta)
+
     def as_optax(self, meta: dict) -> optax.GradientTransformationExtraArgs:
         """Exports the learned optimizer as an optax transformation for any parameter pytree.
 
@@ -254,3 +260,10 @@ class LearnedOptimizer:
             return step, state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer_of(lopt: LearnedOptimizer):
+    """``lopt.optimizer``, one function object per architecture (equal definitions share it): the ``make`` of
+    ``LearnedOptimizer.parametric``, which compiled-program caches key on."""
+    return lopt.optimizer
