@@ -85,12 +85,14 @@ def figure(**kw):
 
 
 def png(fig) -> str:
-    """The figure as a base64 PNG (Agg canvas, no pyplot state)."""
+    """The figure as a base64 PNG (Agg canvas, no pyplot state). Not ``bbox_inches="tight"``: ``figure``'s
+    constrained layout already fits every label inside the figure, and a tight box draws each figure twice
+    (without it a report's figures took 0.6 to 0.75× the time, side by side)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
