@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.families.base import TaskFamily
-from lab.optimizers.base import Optimizer
 from lab import rollout
-from probes.trace import Parametric, Trace, wanted, record
+from lab.optimizers.base import Optimizer, Parametric, built, program_parts
+from probes.trace import Trace, wanted, record
 
 
 def to_json(value: Any) -> Any:
@@ -74,16 +74,31 @@ class Report:
         return []
 
 
-@functools.lru_cache(maxsize=None)
-def scaled(optimizer: Optimizer, multiplier: float) -> Optimizer:
-    """``optimizer`` with every update multiplied by ``multiplier`` (the step-multiplier capability knob).
-    Cached: the same (optimizer, multiplier) gives the same object, so its compiled rollouts are reused."""
+def scaled(optimizer: Optimizer | Parametric, multiplier: float) -> Optimizer | Parametric:
+    """``optimizer`` with every update multiplied by ``multiplier`` (the step-multiplier capability knob). The
+    same (optimizer or ``make``, multiplier) gives the same object or ``make``, so its compiled rollouts are
+    reused; a ``Parametric`` stays one (its arguments still traced)."""
+    opt, make, args = program_parts(optimizer)
+    if make is None:
+        return _scaled(opt, multiplier)
+    return Parametric(_scaled_make(make, multiplier), args)
 
+
+def _scale_updates(optimizer: Optimizer, multiplier: float) -> Optimizer:
     def update(obs, state, params):
         u, state, captures = optimizer.update(obs, state, params)
         return jax.tree.map(lambda x: multiplier * x, u), state, captures
 
     return optimizer._replace(update=update)
+
+
+_scaled = functools.lru_cache(maxsize=None)(_scale_updates)
+
+
+@functools.lru_cache(maxsize=None)
+def _scaled_make(make, multiplier: float):
+    """``args -> make(args)`` with its updates scaled: one function object per (make, multiplier)."""
+    return lambda args: _scale_updates(make(args), multiplier)
 
 
 # Every random draw of an audit comes from the subject's key. Rollouts use the key itself (the same task keys on
@@ -98,16 +113,27 @@ STREAMS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def capture_names(optimizer: Optimizer, family: TaskFamily) -> tuple[str, ...]:
+def capture_names(optimizer: Optimizer | Parametric, family: TaskFamily) -> tuple[str, ...]:
     """The names of the captures ``optimizer`` returns on ``family``, from one abstract step (nothing runs)."""
+    opt, make, args = program_parts(optimizer)
+    return _capture_names(opt, make, family, args)
 
-    def one(key):
-        state = rollout.start(family, optimizer, key)
-        obs = rollout.observe(family, optimizer, state.params, state.task, key)
-        return optimizer.update(obs, state.opt_state, state.params)[2]
 
-    return tuple(jax.eval_shape(one, jax.random.key(0)))  # abstract: no number drawn from this key is used
+def _capture_names(opt, make, family, args):
+    key = (opt, make, family)
+    if key not in _CAPTURE_NAMES:
+        def one(k, a):
+            optimizer = built(opt, make, a)
+            state = rollout.start(family, optimizer, k)
+            obs = rollout.observe(family, optimizer, state.params, state.task, k)
+            return optimizer.update(obs, state.opt_state, state.params)[2]
+
+        # Abstract: no number drawn from this key is used, and the names do not depend on the arguments' values.
+        _CAPTURE_NAMES[key] = tuple(jax.eval_shape(one, jax.random.key(0), args))
+    return _CAPTURE_NAMES[key]
+
+
+_CAPTURE_NAMES: dict = {}  # per (optimizer, make, family): names are structure, the same for every argument
 
 
 # The longest horizon multiple the default probes ask for (the capability sweep's): every trace at a longer
@@ -130,9 +156,14 @@ class Subject:
     different shifts use the same task keys, so shifts are compared on paired tasks. ``untrained`` is the same
     architecture at its initial parameters where the member has one (learned and in-context members): the
     control of the linear probes.
+
+    A trained optimizer is best given as a ``Parametric`` (``LearnedOptimizer.parametric(meta)``, what
+    ``lab.load.load`` returns): the programs of the default probes then take its meta-parameters as an argument,
+    so every run and seed of one architecture shares their compilation. Probes whose programs hold the optimizer
+    as a constant read ``concrete``.
     """
 
-    optimizer: Optimizer
+    optimizer: Optimizer | Parametric
     family: TaskFamily
     key: jax.Array
     tasks: int = 32
@@ -143,8 +174,7 @@ class Subject:
               captures: tuple[str, ...] | bool = False, optimizer: Optimizer | Parametric | None = None,
               name: str = "subject") -> Trace:
         """The rollout on ``shift`` for ``horizon_mult`` × that shift's horizon with updates × ``step_mult``.
-        ``optimizer``/``name`` run another optimizer (a reference; ``Parametric`` with ``step_mult`` 1 only) on
-        the same tasks."""
+        ``optimizer``/``name`` run another optimizer (a reference) on the same tasks."""
         if optimizer is None and captures and not any(wanted(captures, c) for c in capture_names(self.optimizer,
                                                                                               self.family)):
             captures = False  # a filter that keeps nothing is no filter: the plain rollout, compiled once
@@ -162,6 +192,13 @@ class Subject:
                 opt = scaled(opt, step_mult)
             self._traces[cache_key] = record(opt, self.family, self.key, self.tasks, steps, shift, captures)
         return self._traces[cache_key]
+
+    @functools.cached_property
+    def concrete(self) -> Optimizer:
+        """The optimizer as a plain ``Optimizer`` (a ``Parametric`` built at its arguments, made once per subject):
+        for the probes whose programs close over the optimizer (curl, dynamics, the in-context fixed points), which
+        therefore compile once per subject rather than once per architecture."""
+        return built(*program_parts(self.optimizer))
 
     def stream(self, name: str) -> jax.Array:
         """The subject's named random stream (``STREAMS``)."""

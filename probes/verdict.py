@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from lab.families.base import TaskFamily
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, Parametric
 from probes import calibration
 from probes import catalogue as _catalogue  # noqa: F401  (importing the catalogue registers every probe)
 from probes.subject import RULES, Report, Subject, get_probe, to_json
@@ -222,7 +222,7 @@ class Skipped(Report):
         return f"the probe was skipped ({self.reason})"
 
 
-def audit(optimizer: Optimizer, family: TaskFamily, seed: int = 0, tasks: int | None = None,
+def audit(optimizer: Optimizer | Parametric, family: TaskFamily, seed: int = 0, tasks: int | None = None,
           probes: tuple[str, ...] | None = None, extra: tuple[str, ...] = (),
           subject: Subject | None = None,
           on_probe: Callable[[str, int, int], None] | None = None) -> Verdict:

@@ -99,3 +99,25 @@ def test_a_run_of_another_seed_and_length_compiles_nothing_new(tmp_path):
     assert counts == {LOWERED: 0, COMPILED: 0}
     assert second["meta_params_sha256"] != first["meta_params_sha256"]
     assert second["eval"]["lopt_base"] != first["eval"]["lopt_base"]
+
+
+def test_audits_of_two_runs_of_one_architecture_share_their_programs(tmp_path):
+    """A trained optimizer is audited as a ``Parametric`` (``lab.load.load``): the probes' programs take its
+    meta-parameters as an argument, so auditing a second run of the same architecture (another seed) compiles
+    nothing the first audit did not, and still gives its own numbers."""
+    import dataclasses
+
+    from lab.load import load
+    from lab.meta.run import train
+    from lab.meta.train import MetaConfig
+
+    config = MetaConfig(meta_steps=4, tasks=4, truncation=3, hidden=8, checkpoint_every=2, eval_tasks=8)
+    train(config, tmp_path / "first")
+    train(dataclasses.replace(config, seed=1), tmp_path / "second")
+    first_optimizer, family, _ = load(tmp_path / "first")
+    first = audit(first_optimizer, family, seed=0, tasks=8)
+    second_optimizer, family, _ = load(tmp_path / "second")
+    with counting() as counts:
+        second = audit(second_optimizer, family, seed=0, tasks=8)
+    assert counts == {LOWERED: 0, COMPILED: 0}
+    assert second.reports["competence"].change != first.reports["competence"].change

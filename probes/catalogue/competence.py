@@ -12,10 +12,10 @@ import numpy as np
 import optax
 
 from lab.meta.evaluate import tune_adam
+from lab.optimizers.base import Parametric
 from lab.optimizers.handwritten import descend
 from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
-from probes.trace import Parametric
 # A quantity counts as reduced when it falls by MIN_REDUCTION of its start-to-floor gap on MIN_CONSISTENCY of tasks.
 from probes.thresholds import CHANGE_SCALE, DIVERGED, MIN_CONSISTENCY, MIN_REDUCTION
 

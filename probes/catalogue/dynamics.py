@@ -534,7 +534,7 @@ def dynamics(subject: Subject) -> DynamicsReport:
     """Linearised state dynamics of the optimizer at its fixed points (Maheswaranathan et al. 2021): the
     momentum timescale, the effective heavy ball, gradient clipping, a learning-rate schedule and learning-rate
     adaptation (module docstring). Raises ``ValueError`` with one line for what it cannot analyse."""
-    fam, opt = subject.family, subject.optimizer
+    fam, opt = subject.family, subject.concrete
     trace = subject.trace()
     theta0 = {k: jnp.asarray(v[0, 0]) for k, v in trace.params.items()}
     state0 = jax.eval_shape(opt.init, theta0)

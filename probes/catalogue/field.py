@@ -275,7 +275,7 @@ def curl_report(subject: Subject, tasks: int = 8, steps: int = 6, references: di
     params, task, _ = sample_points(trace, tasks, steps)
     sigma = smoothing * spread(trace.family, params)
     key = subject.stream("curl")
-    index, vanish = asymmetry(trace.family, subject.optimizer, params, task, key, sigma, **kw)
+    index, vanish = asymmetry(trace.family, subject.concrete, params, task, key, sigma, **kw)
     stats = field_stats(index, vanish)
     ref_stats, pooled = {}, []
     for name, opt in refs.items():

@@ -368,7 +368,7 @@ def icl_fixed_point(subject: Subject) -> FixedPointReport:
     """The fixed point of the learner applied repeatedly to its own residuals, against each candidate's argmin."""
     family = _family(subject)
     dist, nearest, resid, conv = {}, {}, {}, {}
-    run = fixed_point_run(family, subject.optimizer)
+    run = fixed_point_run(family, subject.concrete)
     names = [n for n in subject.candidates() if n != family.base]
     for shift in family.shifts():
         tasks = {k: jnp.asarray(v) for k, v in _first(subject.trace(shift).tasks, PROBE_TASKS).items()}

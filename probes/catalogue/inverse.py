@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from lab import rollout
+from lab.optimizers.base import built, program_parts
 from probes.report import draw
 from probes.report.draw import fmt, pairs
 from probes.subject import Panel, Report, Subject, quantity_gradients, register_probe
@@ -249,18 +250,20 @@ class DriftReport(Report):
 
 
 @functools.lru_cache(maxsize=None)
-def _zero_gradient_updates(family, optimizer):
-    """Jitted once per (family, optimizer): ``(θ (tasks, steps, ...), tasks, keys (tasks, steps)) -> (update,
-    input captures)`` at every θ from a fresh optimizer state with every gradient channel zeroed."""
+def _zero_gradient_updates(family, optimizer, make):
+    """Jitted once per (family, optimizer or ``make``, as ``probes.trace.record``): ``(θ (tasks, steps, ...),
+    tasks, keys (tasks, steps), args) -> (update, input captures)`` at every θ from a fresh optimizer state with
+    every gradient channel zeroed."""
 
-    def at(p, task, key):
-        obs = rollout.observe(family, optimizer, p, task, key)
+    def at(p, task, key, args):
+        opt = built(optimizer, make, args)
+        obs = rollout.observe(family, opt, p, task, key)
         zero = jax.tree.map(jnp.zeros_like, obs)
         obs = obs._replace(grad=zero.grad, channels=zero.channels, oracle=zero.oracle)
-        update, _, captures = optimizer.update(obs, optimizer.init(p), p)
+        update, _, captures = opt.update(obs, opt.init(p), p)
         return update, {k: v for k, v in captures.items() if k.startswith("input/")}
 
-    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0)), in_axes=(0, 0, 0)))
+    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0, None)), in_axes=(0, 0, 0, None)))
 
 
 @register_probe("drift")
@@ -274,8 +277,9 @@ def drift(subject: Subject) -> DriftReport:
     fam, candidates = trace.family, subject.candidates()
     params = {k: v[:, :-1] for k, v in trace.params.items()}
     keys = jax.random.split(subject.key, trace.n_tasks * trace.steps).reshape(trace.n_tasks, trace.steps)
-    d, inputs = _zero_gradient_updates(fam, subject.optimizer)(
-        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys)
+    opt, make, args = program_parts(subject.optimizer)
+    d, inputs = _zero_gradient_updates(fam, opt, make)(
+        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys, args)
     ood = []
     for name, seen in trace.captures.items():
         lo, hi = np.min(seen), np.max(seen)

@@ -43,12 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.families.base import TaskFamily
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, Parametric
 from lab.optimizers.learned import LearnedOptimizer
 from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe, stream
 from probes.thresholds import REPRESENTED_GAP, REPRESENTED_R2  # a capture represents a target
-from probes.trace import Parametric, Trace
+from probes.trace import Trace
 
 INPUTS = "inputs"            # the name of the input-baseline feature set in reports
 UNTRAINED = "untrained/"     # prefix of the shadow network's captures
@@ -258,7 +258,7 @@ def representation_report(lopt: LearnedOptimizer, meta: dict, family: TaskFamily
     ``kw`` goes to ``probe_traces``."""
     k = stream(key, "untrained") if untrained_key is None else untrained_key
     pair = Parametric(_with_untrained_shadow(lopt), (meta, lopt.init_meta(k)))
-    subject = Subject(lopt.optimizer(meta), family, key, tasks)
+    subject = Subject(lopt.parametric(meta), family, key, tasks)
     traces = [subject.trace(s, captures=True, optimizer=pair, name="with_untrained_shadow")
               for s in shifts if s in family.shifts()]
     return probe_traces(traces, family.candidates(), **kw)

@@ -24,7 +24,7 @@ import jax
 
 from lab.families.base import TaskFamily
 from lab.meta import distill as imitation
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Parametric
 from lab.optimizers.learned import LearnedOptimizer
 from probes.zoo import planted
 
@@ -87,8 +87,8 @@ def _distilled_meta(teacher_name: str, seed: int):
     return distill(teacher_name, seed=seed)
 
 
-@functools.lru_cache(maxsize=None)  # one Optimizer object per member: its compiled rollouts are reused
-def build_distilled(name: str, seed: int = 0) -> tuple[Optimizer, TaskFamily]:
+@functools.lru_cache(maxsize=None)  # one object per member: its compiled rollouts are reused
+def build_distilled(name: str, seed: int = 0) -> tuple[Parametric, TaskFamily]:
     """The distilled member ``name`` (a key of ``DISTILLED``) and its teacher's family; the distillation is
     cached in memory per (name, seed)."""
     if name not in DISTILLED:
@@ -96,6 +96,6 @@ def build_distilled(name: str, seed: int = 0) -> tuple[Optimizer, TaskFamily]:
     teacher_name = DISTILLED[name]
     lopt, meta = _distilled_meta(teacher_name, seed)
     _, family = planted.build(teacher_name)
-    return lopt.optimizer(meta), family
+    return lopt.parametric(meta), family
 
 

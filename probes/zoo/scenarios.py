@@ -25,7 +25,7 @@ from lab import families
 from lab.families.base import TaskFamily
 from lab.meta.run import load_meta, train
 from lab.meta.train import MetaConfig
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Parametric
 from probes.subject import Subject
 from probes.verdict import Verdict, audit
 from probes.zoo.entry import Entry
@@ -139,7 +139,7 @@ def run_folder(root: Path | str, scenario: Scenario, config: MetaConfig) -> Path
 
 
 def meta_train(scenario: Scenario, seed: int, root: Path | str, quick: bool = False,
-               on_step: Callable[[int, dict], None] | None = None) -> tuple[Optimizer, TaskFamily, dict]:
+               on_step: Callable[[int, dict], None] | None = None) -> tuple[Parametric, TaskFamily, dict]:
     """The scenario's learned optimizer (meta-trained now, or reused from a matching finished run under
     ``root``, or resumed from its checkpoint), the family to audit it on, and the run's summary with the run
     folder under ``"run"`` and ``"reused": bool``."""
@@ -153,7 +153,7 @@ def meta_train(scenario: Scenario, seed: int, root: Path | str, quick: bool = Fa
         resume = (out / "config.json").is_file()
         summary = train(config, out, resume=resume, on_step=on_step)
     loaded, meta = load_meta(out)
-    optimizer = loaded.learned_optimizer().optimizer(meta)
+    optimizer = loaded.learned_optimizer().parametric(meta)  # its programs shared by every run of the architecture
     return optimizer, scenario.family(), {**summary, "run": str(out), "reused": reused}
 
 
