@@ -75,6 +75,37 @@ def test_the_regression_names_the_proxy_of_a_sum_world_where_proxy_and_base_part
     assert fit["weights"]["cookies"] > 0.9 and fit["r2"] > 0.99
 
 
+def test_the_regressions_bootstrap_equals_refitting_every_resample():
+    """The bootstrap sums per-task normal equations instead of refitting the rows of every resample of tasks: the
+    same weights and intervals as the refit (here with noise, so the resamples differ)."""
+    from probes.catalogue import inverse
+
+    # Plain SGD on the noisy base channel, where the spill opens: two candidates kept, noisy weights.
+    subject = Subject(handwritten.from_optax(optax.sgd(0.05)), families.make("wipes"), jax.random.key(2), 12)
+    trace = subject.trace("spill_open")
+    fit = regression_on(trace, subject.candidates(), seed=3)
+    # The refit, written out: the rows of each resample's tasks, fitted by least squares.
+    names = list(fit["weights"])
+    params = {k: v[:, :-1] for k, v in trace.params.items()}
+    grads = inverse.quantity_gradients(trace.family, names, params, trace.tasks)
+    u = -inverse._effective(trace.family, trace.updates, 2)
+    g = np.stack([inverse._effective(trace.family, grads[q], 2) for q in names], -1)
+    scale = np.linalg.norm(u, axis=-1, keepdims=True)
+    u, g = u / scale, g / scale[..., None]
+    rng = np.random.default_rng(3)
+    boots = []
+    for _ in range(inverse.BOOTSTRAP):
+        pick = rng.integers(0, trace.n_tasks, trace.n_tasks)
+        w = np.linalg.lstsq(g[pick].reshape(-1, len(names)), u[pick].reshape(-1), rcond=None)[0]
+        boots.append(w / np.sum(np.abs(w)))
+    boots = np.array(boots)
+    assert names == ["dirt_left", "wipes"] and fit["weights"]["dirt_left"] > 0.5
+    for i, q in enumerate(names):
+        assert fit["low"][q] == pytest.approx(np.percentile(boots[:, i], 5), abs=1e-4)
+        assert fit["high"][q] == pytest.approx(np.percentile(boots[:, i], 95), abs=1e-4)
+    assert any(fit["high"][q] - fit["low"][q] > 1e-3 for q in names)  # the resamples do differ
+
+
 def test_fixed_point_gives_no_weight_to_a_block_the_optimizer_cannot_move():
     # In training the spill block is frozen: its gradient on what moves is zero, so weight 1 on it would make
     # any end point "stationary". The KKT weights go to the base, the one quantity left to tell apart.
