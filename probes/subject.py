@@ -114,26 +114,22 @@ STREAMS = {
 
 
 def capture_names(optimizer: Optimizer | Parametric, family: TaskFamily) -> tuple[str, ...]:
-    """The names of the captures ``optimizer`` returns on ``family``, from one abstract step (nothing runs)."""
+    """The names of the captures ``optimizer`` returns on ``family``, from one abstract step (nothing runs).
+    Made once per (optimizer or ``make``, family): names are structure, the same for every argument."""
     opt, make, args = program_parts(optimizer)
-    return _capture_names(opt, make, family, args)
+    if (opt, make, family) not in _CAPTURE_NAMES:
+        def one(key, a):
+            built_opt = built(opt, make, a)
+            state = rollout.start(family, built_opt, key)
+            obs = rollout.observe(family, built_opt, state.params, state.task, key)
+            return built_opt.update(obs, state.opt_state, state.params)[2]
+
+        # Abstract: no number drawn from this key is used.
+        _CAPTURE_NAMES[opt, make, family] = tuple(jax.eval_shape(one, jax.random.key(0), args))
+    return _CAPTURE_NAMES[opt, make, family]
 
 
-def _capture_names(opt, make, family, args):
-    key = (opt, make, family)
-    if key not in _CAPTURE_NAMES:
-        def one(k, a):
-            optimizer = built(opt, make, a)
-            state = rollout.start(family, optimizer, k)
-            obs = rollout.observe(family, optimizer, state.params, state.task, k)
-            return optimizer.update(obs, state.opt_state, state.params)[2]
-
-        # Abstract: no number drawn from this key is used, and the names do not depend on the arguments' values.
-        _CAPTURE_NAMES[key] = tuple(jax.eval_shape(one, jax.random.key(0), args))
-    return _CAPTURE_NAMES[key]
-
-
-_CAPTURE_NAMES: dict = {}  # per (optimizer, make, family): names are structure, the same for every argument
+_CAPTURE_NAMES: dict = {}
 
 
 # The longest horizon multiple the default probes ask for (the capability sweep's): every trace at a longer
