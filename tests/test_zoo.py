@@ -194,7 +194,7 @@ def test_a_scenario_trains_with_its_familys_defaults_and_long_ones_stay_out_of_t
 
     digits = scenarios.SCENARIOS["digits"]
     assert digits.meta_config(3) == MetaConfig.for_family("digits_mlp", estimator="pes", seed=3)  # train.py's run
-    assert digits.meta_config(3).meta_steps == 1500 and digits.meta_config(3, quick=True).meta_steps == 200
+    assert digits.meta_config(3).meta_steps == 1000 and digits.meta_config(3, quick=True).meta_steps == 200
     assert "digits" not in scenarios.default_names(quick=True) and "digits" in scenarios.default_names()
     assert scenarios.default_names() == list(scenarios.SCENARIOS)
 

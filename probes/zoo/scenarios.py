@@ -94,9 +94,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              why="the clean cookies channel equals the base gradient everywhere the arm reaches within the training "
                  "horizon and step limit; following it past the table's edge heads for the pantry once the horizon "
                  "is longer"),
-    # Real data (lab.families.digits): PES with the family's defaults (train.py's run: the LSTM, about 6 minutes on
-    # 2 cores); its audit of a 2,410-parameter network takes about 15 minutes more, so it is left out of the main
-    # job. Like `regression`, it sees only minibatch training gradients.
+    # Real data (lab.families.digits): PES with the family's defaults (train.py's run: the LSTM, about 10 minutes on
+    # 2 cores, and its audit of a 2,410-parameter network about 3 minutes more), so it is left out of the main job.
+    # Like `regression`, it sees only minibatch training gradients.
     Scenario("digits", "digits_mlp", "proxy_general", "train_loss", config={"estimator": "pes"}, in_quick=False,
              why="it sees only minibatch gradients of the training cross-entropy, a common-cause relative of the "
                  "validation cross-entropy it is scored on"),
