@@ -78,7 +78,7 @@ class DigitsMLP(TaskFamily):
     # cores (the learned optimizer's width 16 instead of 32 makes each meta-step about 1.6x faster) and an
     # evaluation that also reports 4x and 10x the horizon and the network size never seen in training. The LSTM
     # beat the MLP on every seed tried. 32 tasks per PES estimate: the meta-gradient's noise, more than the number
-    # of meta-steps, limited the 16-task runs (README, the digits rows: every setting measured, on two seeds).
+    # of meta-steps, limited the 16-task runs (README, the digits rows: every setting measured, and on which seeds).
     meta_defaults: ClassVar[dict] = {"optimizer": "lstm", "tasks": 32, "hidden": 16, "meta_steps": 1000,
                                      "eval_horizons": (4, 10), "eval_shifts": ("wider",)}
 
