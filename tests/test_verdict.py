@@ -77,7 +77,8 @@ def test_the_regression_names_the_proxy_of_a_sum_world_where_proxy_and_base_part
 
 def test_the_regressions_bootstrap_equals_refitting_every_resample():
     """The bootstrap sums per-task normal equations instead of refitting the rows of every resample of tasks: the
-    same weights and intervals as the refit (here with noise, so the resamples differ)."""
+    same intervals as the refit (here with noise, so the resamples differ). The point weights are fitted on the rows
+    as before."""
     from probes.catalogue import inverse
 
     # Plain SGD on the noisy base channel, where the spill opens: two candidates kept, noisy weights.
