@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.families.base import TaskFamily
+from lab.families.base import TaskFamily, family_parts, rebuilt
 from lab import rollout
 from lab.optimizers.base import Optimizer, Parametric, built, program_parts
 from probes.trace import Trace, wanted, record
@@ -229,19 +229,21 @@ def get_probe(name: str) -> ProbeFn:
 
 
 @functools.lru_cache(maxsize=None)
-def _quantity_gradients_fn(family: TaskFamily, names: tuple[str, ...]):
-    """The jitted gradients of ``quantity_gradients``, made once per (family, names)."""
+def _quantity_gradients_fn(skeleton: TaskFamily, names: tuple[str, ...]):
+    """The jitted gradients of ``quantity_gradients``, made once per (family skeleton, names)."""
 
-    def at(p, task):
+    def at(p, task, numbers):
+        family = rebuilt(skeleton, numbers)
         return {n: jax.grad(family.quantity(n))(p, task) for n in names}
 
-    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None)), in_axes=(0, 0)))
+    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, None)), in_axes=(0, 0, None)))
 
 
 def quantity_gradients(family: TaskFamily, names: list[str], params: dict, tasks) -> dict[str, dict]:
     """Exact gradients of the named quantities at every recorded θ: arrays (tasks, steps, ...) per block."""
-    out = _quantity_gradients_fn(family, tuple(names))(jax.tree.map(jnp.asarray, params),
-                                                       jax.tree.map(jnp.asarray, tasks))
+    skeleton, numbers = family_parts(family)
+    out = _quantity_gradients_fn(skeleton, tuple(names))(jax.tree.map(jnp.asarray, params),
+                                                         jax.tree.map(jnp.asarray, tasks), numbers)
     return jax.tree.map(np.asarray, out)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import rollout
-from lab.families.base import TaskFamily
+from lab.families.base import TaskFamily, family_parts, rebuilt
 from lab.optimizers.base import Optimizer, Parametric, built, program_parts
 
 
@@ -73,17 +73,19 @@ def wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _recorder(family: TaskFamily, optimizer: Optimizer | None, make: Callable | None, steps: int,
+def _recorder(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None, steps: int,
               captures: tuple[str, ...] | bool, keep_params: bool):
-    """The jitted ``(task keys, args) -> (quantities, updates, captures, params, tasks)`` of ``record``, made
-    once per (family, optimizer or ``make``, steps, capture filter, keep_params) and reused by every probe,
-    seed and audit that asks for the same structure (``jit`` itself caches per shape: the number of tasks)."""
+    """The jitted ``(task keys, args, family numbers) -> (quantities, updates, captures, params, tasks)`` of
+    ``record``, made once per (family skeleton, optimizer or ``make``, steps, capture filter, keep_params) and
+    reused by every probe, shift, seed and audit that asks for the same structure (``jit`` itself caches per
+    shape: the number of tasks). Shifts that change only a family's traced fields share it."""
 
     def keep(state: rollout.InnerState, r: rollout.StepRecord):
         kept = {k: v for k, v in r.captures.items() if wanted(captures, k)}
         return r.quantities, (r.update if keep_params else {}), kept, (state.params if keep_params else {})
 
-    def one(k, args):
+    def one(k, args, numbers):
+        family = rebuilt(skeleton, numbers)
         opt = built(optimizer, make, args)
         k_start, k_run = jax.random.split(k)
         state = rollout.start(family, opt, k_start)
@@ -93,7 +95,7 @@ def _recorder(family: TaskFamily, optimizer: Optimizer | None, make: Callable | 
         ps = {n: jnp.concatenate([state.params[n][None], ps[n]]) for n in ps} if keep_params else {}
         return qs, ups, caps, ps, state.task
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
 def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array, tasks: int = 32,
@@ -104,14 +106,15 @@ def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array
 
     ``captures``: ``False`` keeps none, ``True`` all, or a list of names or name prefixes ending in ``/`` to keep
     (long unrolls should keep only what a probe needs). ``keep_params=False`` drops θ and updates.
-    The compiled rollout is cached per (shifted family, optimizer, steps, captures, keep_params): pass the same
-    ``Optimizer`` object (or a ``Parametric`` with the same ``make``) to reuse it.
+    The compiled rollout is cached per (shifted family up to its traced fields, optimizer, steps, captures,
+    keep_params): pass the same ``Optimizer`` object (or a ``Parametric`` with the same ``make``) to reuse it.
     """
     fam = family.shift(shift)
     steps = fam.horizon if steps is None else steps
     captures = captures if isinstance(captures, bool) else tuple(captures)
     opt, make, args = program_parts(optimizer)
-    run = _recorder(fam, opt, make, int(steps), captures, keep_params)
-    qs, ups, caps, ps, task = run(jax.random.split(key, tasks), args)
+    skeleton, numbers = family_parts(fam)
+    run = _recorder(skeleton, opt, make, int(steps), captures, keep_params)
+    qs, ups, caps, ps, task = run(jax.random.split(key, tasks), args, numbers)
     to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
     return Trace(fam, shift, to_np(ps), to_np(ups), to_np(qs), to_np(caps), to_np(task))

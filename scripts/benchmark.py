@@ -20,7 +20,9 @@ from pathlib import Path
 from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
-CASES_PER_WORKER = 10  # each case compiles its own programs; a fresh worker after this many keeps memory maps bounded
+# Cases share their programs by world structure (probes.zoo.cases.draw_world), so a worker compiles each at most
+# once; a fresh worker after this many cases still bounds what one process maps.
+CASES_PER_WORKER = 100
 
 
 def parse(argv=None):

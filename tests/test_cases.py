@@ -48,15 +48,25 @@ def test_a_proxy_without_a_gap_equals_the_base_in_training_and_the_lever_tells_t
     assert np.all(grad["instr"]["lever"] < 0) and np.all(grad["base"]["lever"] > 0)
 
 
+def _split(world, flat):
+    """A flat vector over the active blocks as θ's blocks."""
+    ends = np.cumsum((0,) + world.sizes)
+    return {k: flat[i:j] for k, i, j in zip(world.blocks, ends[:-1], ends[1:])}
+
+
+def _flat(world, tree):
+    return jnp.concatenate([tree[k] for k in world.blocks])
+
+
 def test_the_mechanism_shift_moves_only_the_general_proxys_minimiser_by_delta():
     world = DrawnWorld(general_gap=0.0, lever=0)
     task = world.sample(jax.random.key(3))
     moved = world.shift("cause_moved")
-    at = functools.partial(cases._split, world)
+    at = functools.partial(_split, world)
     g = jax.grad(moved.quantity("general"))(at(task["t"] + task["delta"]), task)
-    np.testing.assert_allclose(cases._flat(world, g), 0.0, atol=1e-5)  # t + δ is its minimiser there
+    np.testing.assert_allclose(_flat(world, g), 0.0, atol=1e-5)  # t + δ is its minimiser there
     g_train = jax.grad(world.quantity("general"))(at(task["t"]), task)
-    np.testing.assert_allclose(cases._flat(world, g_train), 0.0, atol=1e-5)  # t in training, the base's too
+    np.testing.assert_allclose(_flat(world, g_train), 0.0, atol=1e-5)  # t in training, the base's too
 
 
 def test_the_base_minimum_is_its_closed_form():
@@ -64,7 +74,7 @@ def test_the_base_minimum_is_its_closed_form():
     task = world.sample(jax.random.key(4))
     h = jnp.asarray(world.curvature)
     argmin = (h * task["t"] + world.side_gap * task["u"]) / (h + world.side_gap)
-    params = {**cases._split(world, argmin), "lever": jnp.full((3,), -1.0)}
+    params = {**_split(world, argmin), "lever": jnp.full((3,), -1.0)}
     np.testing.assert_allclose(world.base_value(params, task), world.minimum(task), rtol=1e-5)
 
 
@@ -117,18 +127,21 @@ def test_the_built_optimizer_follows_its_construction():
     world = DrawnWorld(lever=0, instr_gap=0.5)
     task = world.sample(jax.random.key(0))
     params = world.init(jax.random.key(1), task)
-    case = lambda b: cases.Case("test", 0, 0, world, b, "robust", "base")  # noqa: E731
-    sgd = cases.build(case(cases.Behaviour("robust", lr=0.1)))
+    def built(behaviour):  # the case's Parametric, made from its arguments
+        made = cases.build(cases.Case("test", 0, 0, world, behaviour, "robust", "base"))
+        return made.make(made.args)
+
+    sgd = built(cases.Behaviour("robust", lr=0.1))
     u, _, _ = sgd.update(_observation(world, params, task), sgd.init(params), params)
     grad = jax.grad(world.quantity("base"))(params, task)
     for b in world.blocks:
         np.testing.assert_allclose(u[b], -0.1 * grad[b], rtol=1e-6)
-    cue = cases.build(case(cases.Behaviour("deceptive", lr=0.1, deploy=(("instr", 1.0),))))
+    cue = built(cases.Behaviour("deceptive", lr=0.1, deploy=(("instr", 1.0),)))
     u, _, _ = cue.update(_observation(world, params, task, training=0.0), cue.init(params), params)
     grad = jax.grad(world.quantity("instr"))(params, task)
     for b in world.blocks:
         np.testing.assert_allclose(u[b], -0.1 * grad[b], rtol=1e-6)
-    late = cases.build(case(cases.Behaviour("suboptimality", lr=0.1, after=(("effort", 1.0),), switch_at=2)))
+    late = built(cases.Behaviour("suboptimality", lr=0.1, after=(("effort", 1.0),), switch_at=2))
     state = late.init(params)
     for step in range(3):
         u, state, _ = late.update(_observation(world, params, task), state, params)

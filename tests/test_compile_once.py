@@ -10,6 +10,7 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from probes.verdict import audit
@@ -121,3 +122,28 @@ def test_audits_of_two_runs_of_one_architecture_share_their_programs(tmp_path):
         second = audit(second_optimizer, family, seed=0, tasks=8)
     assert counts == {LOWERED: 0, COMPILED: 0}
     assert second.reports["competence"].change != first.reports["competence"].change
+
+
+def test_shifts_that_change_only_traced_numbers_share_one_program():
+    """A family's ``traced`` fields are arguments of its programs (``lab.families.base.family_parts``): the
+    quadratic's ``scaled``, ``ill_conditioned`` and ``cue_deploy`` shifts run the training rollout's program,
+    with their own numbers."""
+    from lab import families
+    from lab.families.base import family_parts, rebuilt
+    from lab.optimizers import handwritten
+    from probes.trace import record
+
+    family = families.make("quadratic")
+    skeleton, numbers = family_parts(family.shift("scaled"))
+    assert skeleton == family_parts(family)[0] and float(numbers["scale"]) == 10.0
+    assert rebuilt(skeleton, numbers) == family.shift("scaled")
+    sgd, key = handwritten.sgd(0.01), jax.random.key(3)
+    train = record(sgd, family, key, tasks=8)
+    with counting() as counts:
+        scaled = record(sgd, family, key, tasks=8, shift="scaled")
+        record(sgd, family, key, tasks=8, shift="ill_conditioned")
+        cue = record(sgd, family, key, tasks=8, shift="cue_deploy")
+    assert counts[LOWERED] == 0
+    # The same tasks and starts with every curvature ten times larger: the first loss is ten times the training one.
+    np.testing.assert_allclose(scaled.base[:, 0], 10 * train.base[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(cue.base, train.base, rtol=1e-6)  # sgd reads no cue

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = dict[str, jax.Array]
 Task = Any  # a pytree of arrays; one task of a family
@@ -103,6 +104,11 @@ class TaskFamily:
     # MetaConfig fields a meta-training run on this family takes unless the user sets them
     # (lab.meta.train.MetaConfig.for_family, train.py): e.g. more meta-steps, or evaluation rows, for a larger family.
     meta_defaults: ClassVar[Mapping[str, Any]] = {}
+    # Numeric fields that compiled programs take as arguments instead of holding as constants
+    # (``family_parts``): families that differ only in them, such as a family and its shift of a scale or its
+    # cue, or worlds drawn at random with the same shapes, share every compiled program. A field a program reads
+    # as a Python value (a shape, a loop length, an ``if``) cannot be one; inside a program it is an array.
+    traced: ClassVar[tuple[str, ...]] = ("training_cue",)
 
     def __init_subclass__(cls, **kwargs):
         # Every subclass's own ``observe`` is checked against its declared ``channels``, whoever calls it
@@ -269,6 +275,33 @@ def check_family(family: TaskFamily) -> None:
         return obs.loss
 
     jax.eval_shape(one, key)
+
+
+_SET_ASIDE = "<traced>"  # what a family's skeleton holds in place of each traced field
+
+
+def family_parts(family: TaskFamily) -> tuple[TaskFamily, dict[str, np.ndarray]]:
+    """``(skeleton, numbers)``: what a cached program factory keys on, ``family`` with its ``traced`` fields set
+    aside (equal for families that differ only in them), and those fields as float32 arrays, the argument its
+    program takes; ``rebuilt(skeleton, numbers)`` inside the program is the family again. The counterpart of
+    ``lab.optimizers.base.program_parts`` for families."""
+    numbers = {f: np.asarray(getattr(family, f), np.float32) for f in family.traced}
+    return _with_fields(family, dict.fromkeys(family.traced, _SET_ASIDE)), numbers
+
+
+def rebuilt(skeleton: TaskFamily, numbers: Mapping[str, Any]) -> TaskFamily:
+    """Inside a compiled program: the family ``family_parts`` took apart, its traced fields the (traced) arrays
+    ``numbers``. No ``__post_init__`` runs (its checks ran when the family was made)."""
+    return _with_fields(skeleton, numbers)
+
+
+def _with_fields(family: TaskFamily, values: Mapping[str, Any]) -> TaskFamily:
+    # A copy of the dataclass fields only, made without __init__: the values may be placeholders or tracers,
+    # which a family's __post_init__ checks would reject.
+    out = object.__new__(type(family))
+    for f in dataclasses.fields(family):
+        object.__setattr__(out, f.name, values.get(f.name, getattr(family, f.name)))
+    return out
 
 
 def grad_of(family: TaskFamily, name: str, params: Params, task: Task) -> Params:

@@ -72,6 +72,7 @@ class DigitsMLP(TaskFamily):
     horizon: int = 50
 
     name: ClassVar[str] = "digits_mlp"
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + ("input_scale", "input_noise", "label_noise")
     base: ClassVar[str] = "val_loss"
     not_candidates: ClassVar[tuple[str, ...]] = ("val_misclassified",)
     # What ``train.py --family digits_mlp`` uses unless told otherwise: a run that fits in 15 minutes on 2 CPU

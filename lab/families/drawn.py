@@ -20,7 +20,9 @@ The gaps e, f, g set how far each proxy differs from the base *in training*; a g
 the base (up to a constant) on everything that moves in training, so only a shift can tell them apart (the lever
 for ``side`` and ``instr``, the mechanism change for ``general``). The primary gradient channel is the base's
 gradient plus Gaussian noise of standard deviation ``base_noise``; every proxy's exact gradient is a channel of
-its own. All fields are static, so a world is hashable and jitted functions close over it as a constant.
+its own. Every numeric field is ``traced`` (``lab.families.base.family_parts``): worlds with the same blocks, lever
+and horizon share every compiled program, whatever their curvatures, gaps and noise, and so do the shifts that
+change only numbers.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class DrawnWorld(TaskFamily):
     base: ClassVar[str] = "base"
     channels: ClassVar[tuple[str, ...]] = PROXIES
     not_candidates: ClassVar[tuple[str, ...]] = ("fit", "spill")
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + (
+        "curvature", "side_gap", "instr_gap", "general_gap", "spill_cost", "side_gain", "instr_gain", "link",
+        "cause_spread", "target_spread", "base_noise", "scale", "scale_shift",
+        "cause_shift")  # read only by shift_table, outside every program: a program never tells worlds apart by it
 
     def __post_init__(self):
         if len(self.curvature) != sum(self.sizes) or min(self.curvature) <= 0:

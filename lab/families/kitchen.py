@@ -41,6 +41,7 @@ class KitchenWorld(TaskFamily):
     step_limit: float | None = 1.0
 
     proxy: ClassVar[str] = ""
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + ("base_noise",)
 
     def observe(self, params, task, key):
         loss, grad = jax.value_and_grad(self.quantity(self.base))(params, task)

@@ -45,6 +45,7 @@ class MLPClassification(TaskFamily):
     horizon: int = 100
 
     name: ClassVar[str] = "mlp"
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + ("input_scale",)
     base: ClassVar[str] = "val_loss"
 
     def _network(self, key, scale=1.0):

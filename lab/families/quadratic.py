@@ -29,6 +29,7 @@ class Quadratic(TaskFamily):
 
     name: ClassVar[str] = "quadratic"
     base: ClassVar[str] = "loss"
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + ("condition", "scale")
 
     def sample(self, key):
         k_eig, k_rot, k_opt = jax.random.split(key, 3)

@@ -32,6 +32,7 @@ class Regression(TaskFamily):
     horizon: int = 50
 
     name: ClassVar[str] = "regression"
+    traced: ClassVar[tuple[str, ...]] = TaskFamily.traced + ("noise", "prior", "input_scale")
     base: ClassVar[str] = "val_loss"
 
     def sample(self, key):

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from lab import rollout
-from lab.families.base import TaskFamily
+from lab.families.base import TaskFamily, family_parts, rebuilt
 from lab.optimizers.base import Optimizer, Parametric, built, program_parts
 from lab.optimizers.handwritten import from_optax
 
@@ -50,12 +50,14 @@ def final_excess_base(family: TaskFamily, optimizer: Optimizer, key: jax.Array, 
 
 
 @functools.lru_cache(maxsize=None)
-def _final_fn(family: TaskFamily, optimizer: Optimizer | None, make: Callable | None, tasks: int,
+def _final_fn(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None, tasks: int,
               horizon: int | None):
-    """Jitted once per (family, optimizer or ``make``, tasks, horizon): ``(key, args) -> (final excess base, final
-    extent of θ)``, each ``(tasks,)``: one rollout gives the evaluation and its range check (``held_out_extent``)."""
+    """Jitted once per (family skeleton, optimizer or ``make``, tasks, horizon): ``(key, args, family numbers) ->
+    (final excess base, final extent of θ)``, each ``(tasks,)``: one rollout gives the evaluation and its range
+    check (``held_out_extent``)."""
 
-    def both(key, args):
+    def both(key, args, numbers):
+        family = rebuilt(skeleton, numbers)
         final = _final_states(family, built(optimizer, make, args), key, tasks, horizon)
         return _excess(family, final), _extent(final)
 
@@ -65,7 +67,8 @@ def _final_fn(family: TaskFamily, optimizer: Optimizer | None, make: Callable | 
 def _final(family: TaskFamily, optimizer: Optimizer | Parametric, key: jax.Array, tasks: int):
     """``_final_fn``'s two arrays for ``optimizer`` (a ``Parametric`` shares one program over its ``args``)."""
     opt, make, args = program_parts(optimizer)
-    return _final_fn(family, opt, make, tasks, None)(key, args)
+    skeleton, numbers = family_parts(family)
+    return _final_fn(skeleton, opt, make, tasks, None)(key, args, numbers)
 
 
 def adam_lr_grid(points: int = 11) -> np.ndarray:
@@ -80,11 +83,14 @@ def adam(learning_rate) -> Optimizer:
 
 
 @functools.lru_cache(maxsize=None)
-def _grid_fn(family: TaskFamily, tasks: int, horizon: int | None, make: Callable[[jax.Array], Optimizer]):
-    """A jitted ``(key, lrs) -> mean final excess base per learning rate``, built once per (family, tasks,
-    horizon, make): the rates are a traced argument, so every grid of the same size shares one compilation."""
+def _grid_fn(skeleton: TaskFamily, tasks: int, horizon: int | None, make: Callable[[jax.Array], Optimizer]):
+    """A jitted ``(key, lrs, family numbers) -> mean final excess base per learning rate``, built once per (family
+    skeleton, tasks, horizon, make): the rates are a traced argument, so every grid of the same size shares one
+    compilation."""
 
-    def means(key, lrs):
+    def means(key, lrs, numbers):
+        family = rebuilt(skeleton, numbers)
+
         def mean_for(lr):
             return jnp.mean(final_excess_base(family, make(lr), key, tasks, horizon))
 
@@ -100,8 +106,9 @@ def adam_grid_means(family: TaskFamily, tasks: int, lrs, horizon: int | None = N
     (traced ``lr``) replaces Adam on the observed gradient by another rule; pass the same function object
     each time (a module-level or cached one) to reuse its compilation."""
     lrs = jnp.asarray(lrs, jnp.float32)
-    fn = _grid_fn(family, tasks, horizon, adam if make is None else make)
-    return lambda key: fn(key, lrs)
+    skeleton, numbers = family_parts(family)
+    fn = _grid_fn(skeleton, tasks, horizon, adam if make is None else make)
+    return lambda key: fn(key, lrs, numbers)
 
 
 def tune_adam(family: TaskFamily, key: jax.Array, tasks: int, lrs=None, horizon: int | None = None, make=None):

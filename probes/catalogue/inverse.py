@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from lab import rollout
+from lab.families.base import family_parts, rebuilt
 from lab.optimizers.base import built, program_parts
 from probes.report import draw
 from probes.report.draw import fmt, pairs
@@ -255,12 +256,13 @@ class DriftReport(Report):
 
 
 @functools.lru_cache(maxsize=None)
-def _zero_gradient_updates(family, optimizer, make):
-    """Jitted once per (family, optimizer or ``make``, as ``probes.trace.record``): ``(θ (tasks, steps, ...),
-    tasks, keys (tasks, steps), args) -> (update, input captures)`` at every θ from a fresh optimizer state with
-    every gradient channel zeroed."""
+def _zero_gradient_updates(skeleton, optimizer, make):
+    """Jitted once per (family skeleton, optimizer or ``make``, as ``probes.trace.record``): ``(θ (tasks, steps,
+    ...), tasks, keys (tasks, steps), args, family numbers) -> (update, input captures)`` at every θ from a fresh
+    optimizer state with every gradient channel zeroed."""
 
-    def at(p, task, key, args):
+    def at(p, task, key, args, numbers):
+        family = rebuilt(skeleton, numbers)
         opt = built(optimizer, make, args)
         obs = rollout.observe(family, opt, p, task, key)
         zero = jax.tree.map(jnp.zeros_like, obs)
@@ -268,7 +270,7 @@ def _zero_gradient_updates(family, optimizer, make):
         update, _, captures = opt.update(obs, opt.init(p), p)
         return update, {k: v for k, v in captures.items() if k.startswith("input/")}
 
-    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0, None)), in_axes=(0, 0, 0, None)))
+    return jax.jit(jax.vmap(jax.vmap(at, in_axes=(0, None, 0, None, None)), in_axes=(0, 0, 0, None, None)))
 
 
 @register_probe("drift")
@@ -283,8 +285,9 @@ def drift(subject: Subject) -> DriftReport:
     params = {k: v[:, :-1] for k, v in trace.params.items()}
     keys = jax.random.split(subject.key, trace.n_tasks * trace.steps).reshape(trace.n_tasks, trace.steps)
     opt, make, args = program_parts(subject.optimizer)
-    d, inputs = _zero_gradient_updates(fam, opt, make)(
-        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys, args)
+    skeleton, numbers = family_parts(fam)
+    d, inputs = _zero_gradient_updates(skeleton, opt, make)(
+        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, trace.tasks), keys, args, numbers)
     ood = []
     for name, seen in trace.captures.items():
         lo, hi = np.min(seen), np.max(seen)

@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from scipy import stats
 
+from lab.families.base import family_parts, rebuilt
 from probes.report import draw
 from probes.report.draw import fmt, pairs
 from probes.catalogue.inverse import named_aliases
@@ -402,18 +403,18 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
 
 
 @functools.lru_cache(maxsize=None)
-def _minimiser(family, named: tuple[str, ...], blocks: tuple[str, ...]):
-    """Jitted once per (family, named candidates, movable blocks): per coefficient set and task, the
+def _minimiser(skeleton, named: tuple[str, ...], blocks: tuple[str, ...]):
+    """Jitted once per (family skeleton, named candidates, movable blocks): per coefficient set and task, the
     minimiser of a recovered objective by L-BFGS (optax) from the optimizer's end point."""
 
-    def objective(movable, coef, task, fixed):
+    def objective(movable, coef, task, fixed, numbers):
         named_w, curv, tilt = coef
-        qs = family.quantities({**fixed, **movable}, task)
+        qs = rebuilt(skeleton, numbers).quantities({**fixed, **movable}, task)
         value = sum(named_w[k] * qs[q] for k, q in enumerate(named))
         return value + sum(jnp.sum(0.5 * curv[b] * movable[b] ** 2 + tilt[b] * movable[b]) for b in blocks)
 
-    def one(coef, end, fixed, task):
-        f = lambda p: objective(p, coef, task, fixed)  # noqa: E731
+    def one(coef, end, fixed, task, numbers):
+        f = lambda p: objective(p, coef, task, fixed, numbers)  # noqa: E731
         solver = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(f)
 
@@ -426,7 +427,7 @@ def _minimiser(family, named: tuple[str, ...], blocks: tuple[str, ...]):
         (p, _), _ = jax.lax.scan(step, (end, solver.init(end)), None, MINIMISER_STEPS)
         return p
 
-    return jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, 0, 0)), in_axes=(0, None, None, None)))
+    return jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, 0, 0, None)), in_axes=(0, None, None, None, None)))
 
 
 def minimisers(trace: Trace, lay: Layout, coefs: list[np.ndarray]) -> np.ndarray:
@@ -442,7 +443,9 @@ def minimisers(trace: Trace, lay: Layout, coefs: list[np.ndarray]) -> np.ndarray
     coef = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), (w.T, pick(blocks(curv.T)), pick(blocks(tilt.T))))
     end = {b: jnp.asarray(trace.params[b][:, -1]) for b in movable}
     fixed = {b: jnp.asarray(v[:, -1]) for b, v in trace.params.items() if b not in movable}
-    p = _minimiser(trace.family, tuple(lay.named), movable)(coef, end, fixed, jax.tree.map(jnp.asarray, trace.tasks))
+    skeleton, numbers = family_parts(trace.family)
+    p = _minimiser(skeleton, tuple(lay.named), movable)(coef, end, fixed, jax.tree.map(jnp.asarray, trace.tasks),
+                                                        numbers)
     p = {**{b: np.broadcast_to(np.asarray(v), (len(coefs),) + v.shape) for b, v in fixed.items()},
          **{b: np.asarray(v) for b, v in p.items()}}
     flat = lay.flat(p, 2)                                                   # (n, R, P)
@@ -502,6 +505,8 @@ class ObjectiveReport(Report):
                                               # minimiser (recovered objective minus its named part alone)
     recovered_minimum: dict[str, list | None]  # per block, mean over tasks of the recovered objective's minimiser
     argmin_error: float                 # mean ‖argmin f − θ_T‖ / ‖θ_T − θ_0‖
+    heading: float                      # median over bounded tasks of cos(θ_T − θ_0, argmin f − θ_0): whether the
+                                        # rollout heads for the recovered minimum, however far it got
     base_minimum_distance: float        # mean ‖argmin f − argmin base‖ / ‖θ_T − θ_0‖
     unbounded: float                    # share of tasks on which the recovered objective has no minimiser
     reduced: float                      # share of tasks on which the rollout reduces the recovered objective
@@ -516,7 +521,7 @@ class ObjectiveReport(Report):
         left_out = (f"; left out (parameters of other shapes): {', '.join(self.other_shapes)}"
                     if self.other_shapes else "")
         return (f"f = {named} + unnamed (share {fmt(self.unnamed_share)}); {self.description}; R² {fmt(self.r2)}, "
-                f"argmin error {fmt(self.argmin_error)}, base alignment "
+                f"argmin error {fmt(self.argmin_error)}, heading {fmt(self.heading)}, base alignment "
                 f"{pairs(self.base_alignment)}{left_out}")
 
     def figures(self, base: str, pursued: str | None) -> list[Panel]:
@@ -550,6 +555,13 @@ class ObjectiveReport(Report):
             "and averaged over tasks along the optimizer's path on each shift; the titles give their rank "
             f"correlation. The unnamed part carries {html.escape(fmt(self.unnamed_share))} of the explained "
             f"update: {html.escape(self.description)}."))]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the cosine between ``a`` and ``b`` (0 where either is zero)."""
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, np.sum(a * b, -1) / np.where(norms > 0, norms, 1.0), 0.0)
 
 
 def _normalised_mean(values: np.ndarray) -> list[float]:
@@ -596,6 +608,7 @@ def objective(subject: Subject) -> ObjectiveReport:
     th = lay.flat(trace.params, 2)
     travel = np.maximum(np.linalg.norm(th[:, -1] - th[:, 0], axis=-1), 1e-12)
     bounded = np.all(np.isfinite(found), -1)
+    heading = _cosines(th[:, -1] - th[:, 0], found - th[:, 0])[bounded]
 
     def mean(x):
         return float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")
@@ -643,6 +656,7 @@ def objective(subject: Subject) -> ObjectiveReport:
         unnamed_gain=fit.unnamed_gain, r2=fit.r2, momentum=fit.momentum, own_minimum=own, unnamed=unnamed, unnamed_minimum=centre,
         unnamed_pull=pull, recovered_minimum=block_mean(found),
         argmin_error=mean(np.linalg.norm(found - th[:, -1], axis=-1) / travel),
+        heading=float(np.median(heading)) if heading.size else float("nan"),
         base_minimum_distance=mean(np.linalg.norm(found - base_min, axis=-1) / travel),
         unbounded=float(1.0 - np.mean(bounded)), reduced=reduced, base_alignment=alignment,
         undetermined={"count": len(fit.undetermined), "blocks": blocks,

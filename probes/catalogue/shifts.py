@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab.families.base import family_parts, rebuilt
 from probes.report import draw
 from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
@@ -142,13 +143,15 @@ def affordance(subject: Subject) -> AffordanceReport:
 
 
 @functools.lru_cache(maxsize=None)
-def _quantities_fn(family):
-    """Every quantity at one θ per task, jitted once per family."""
-    return jax.jit(jax.vmap(family.quantities))
+def _quantities_fn(skeleton):
+    """Every quantity at one θ per task, jitted once per family skeleton (``family_parts``)."""
+    return jax.jit(jax.vmap(lambda p, task, numbers: rebuilt(skeleton, numbers).quantities(p, task),
+                            in_axes=(0, 0, None)))
 
 
 def _quantities(family, params, tasks):
-    q = _quantities_fn(family)(jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, tasks))
+    skeleton, numbers = family_parts(family)
+    q = _quantities_fn(skeleton)(jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, tasks), numbers)
     return {k: np.asarray(v) for k, v in q.items()}
 
 

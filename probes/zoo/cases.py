@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab.families.drawn import DrawnWorld
-from lab.optimizers.base import Optimizer
+from lab.families.drawn import PROXIES, DrawnWorld
+from lab.optimizers.base import Optimizer, Parametric
 from probes.catalogue.shifts import causal_relation
 from probes.zoo import planted
 
@@ -235,11 +235,18 @@ def _rng(split: str, seed: int, index: int, attempt: int) -> np.random.Generator
     return np.random.default_rng([SPLITS.index(split), seed, index, attempt])
 
 
+BLOCK_SIZES = (2, 4)          # an active block's size
+HORIZONS = (30, 45, 60)       # a world's training horizon
+LEVERS = (0, 2)               # a lever block's size (0: no lever)
+
+
 def draw_world(rng: np.random.Generator) -> DrawnWorld:
-    """A world: 1–2 active blocks of 2–5 elements, curvatures log-uniform with a condition number of 2 to 30,
-    a lever (or none), proxy gaps (0 or a share of the mean curvature), a mechanism shift (or none), channel noise
-    and a horizon of 30 to 60."""
-    sizes = tuple(int(x) for x in rng.integers(2, 6, int(rng.integers(1, 3))))
+    """A world: 1–2 active blocks of sizes from ``BLOCK_SIZES`` (the larger first), curvatures log-uniform with a
+    condition number of 2 to 30, a lever (or none), proxy gaps (0 or a share of the mean curvature), a mechanism
+    shift (or none), channel noise and a horizon from ``HORIZONS``. Sizes, lever and horizon come from short lists
+    so that worlds share their compiled programs (``lab.families.drawn``: every other number is traced): 30
+    structures in all, each compiled once per benchmark."""
+    sizes = tuple(sorted((int(x) for x in rng.choice(BLOCK_SIZES, int(rng.integers(1, 3)))), reverse=True))
     condition = math.exp(rng.uniform(math.log(2), math.log(30)))
     curvature = tuple(float(x) for x in np.exp(rng.uniform(-math.log(condition), 0.0, sum(sizes))))
     mean_h = float(np.mean(curvature))
@@ -247,12 +254,12 @@ def draw_world(rng: np.random.Generator) -> DrawnWorld:
     a = float(rng.uniform(0.6, 1.2))
     ks = float(rng.uniform(0.2, 0.5) * a)
     return DrawnWorld(
-        sizes=sizes, curvature=curvature, lever=int(rng.choice([0, 2, 3], p=[0.4, 0.3, 0.3])),
+        sizes=sizes, curvature=curvature, lever=int(rng.choice(LEVERS, p=[0.4, 0.6])),
         side_gap=gap(), instr_gap=gap(), general_gap=gap(), spill_cost=a, side_gain=ks,
         instr_gain=float((a - ks) * rng.uniform(1.5, 3.0)), cause_shift=bool(rng.random() < 0.6),
         cause_spread=float(rng.uniform(0.5, 1.5)),
         base_noise=0.0 if rng.random() < 0.3 else float(rng.uniform(0.1, 1.0) * math.sqrt(2.0) * mean_h),
-        scale_shift=float(rng.choice([5.0, 10.0])), horizon=int(rng.integers(30, 61)))
+        scale_shift=float(rng.choice([5.0, 10.0])), horizon=int(rng.choice(HORIZONS)))
 
 
 def _rule(rng: np.random.Generator, world: DrawnWorld, target: Target, hidden=None) -> dict:
@@ -382,16 +389,17 @@ SWITCH_SHOWS = 0.75  # the share of tasks on which the base must end worse than 
 SWITCH_HARM = 0.25   # ... by at least this share of what the base had gained from the start to the switch
 
 
-def switch_shows(case: Case, tasks: int = 16) -> bool:
+def switch_shows(case: Case, tasks: int = 32) -> bool:
     """Whether a late switch of target harms the base within ten times the horizon: on ``SWITCH_SHOWS`` of
     ``tasks`` tasks (drawn from the case's name) the base ends above its value at the switch by ``SWITCH_HARM`` of
     what it had gained up to the switch. A switch whose harm is nil or slight within the reach of the sweep leaves
-    the case unsettled, since no tested setting could show it."""
+    the case unsettled, since no tested setting could show it. The rollout is the one the audit's capability
+    sweep records (10 × the horizon, parameters kept), so its compiled program serves both."""
     from probes.trace import record
 
     steps = 10 * case.world.horizon
     key = jax.random.key(np.random.SeedSequence([SPLITS.index(case.split), case.seed, case.index]).generate_state(1)[0])
-    base = record(build(case), case.world, key, tasks, steps, keep_params=False).base
+    base = record(build(case), case.world, key, tasks, steps).base
     at = base[:, case.behaviour.switch_at]
     harm, gain = base[:, -1] - at, base[:, 0] - at
     return bool(np.mean(harm >= SWITCH_HARM * gain) >= SWITCH_SHOWS)
@@ -404,85 +412,122 @@ def parse_name(name: str) -> tuple[str, int, int]:
 
 
 # --- building the optimizer ------------------------------------------------------------------------------------
-def _tx(b: Behaviour, world: DrawnWorld) -> optax.GradientTransformation:
-    lr = b.lr if b.lr_decay == 1.0 else optax.exponential_decay(b.lr, 1, b.lr_decay)
+# Every case's optimizer is one program: a ``Parametric`` whose arguments are the behaviour's numbers, its rule an
+# index among ``KINDS_OF_STEP``. Cases on worlds of one structure (blocks, lever, horizon) therefore share every
+# compiled program, whatever their rule, target and modifiers: each rule's update is computed and the case's one
+# is selected, which on these few parameters costs far less than compiling a program per case.
+KINDS_OF_STEP = RULES + ("walk", "schedule")
+QUANTITIES = ("base",) + PROXIES  # the order of a target's weight vector
+NEVER = 2 ** 30  # the switch step of a behaviour without a switch
+
+
+def _weights(target: Target) -> np.ndarray:
+    w = np.zeros(len(QUANTITIES), np.float32)
+    for q, x in target:
+        w[QUANTITIES.index(q)] += x
+    return w
+
+
+def behaviour_args(b: Behaviour, world: DrawnWorld) -> dict[str, np.ndarray]:
+    """The numbers of ``b`` as the arguments of ``_drawn_make``: neutral values (a weight of 0, a step ``NEVER``,
+    a cap of ∞) where the behaviour has no such part."""
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     args = dict(b.rule_args)
-    if b.rule == "sgd":
-        return optax.sgd(lr)
-    if b.rule == "momentum":
-        return optax.sgd(lr, momentum=args["momentum"])
-    if b.rule == "adam":
-        return optax.adam(lr)
-    if b.rule == "rmsprop":
-        return optax.rmsprop(lr)
-    if b.rule == "lion":
-        return optax.lion(lr)
-    if b.rule == "sign":
-        return optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(lr))
-    if b.rule == "clipped":
-        return optax.chain(optax.clip_by_global_norm(args["max_norm"]), optax.sgd(lr))
-    if b.rule == "precond":
-        d = jnp.asarray(args["precondition"], jnp.float32)
-
-        def scale(updates, params):
-            del params
-            return {**updates, **_split(world, _flat(world, updates) * d)}
-
-        return optax.chain(optax.stateless(scale), optax.sgd(lr))
-    raise ValueError(f"unknown rule {b.rule!r}; known: {', '.join(RULES)}")
+    rule = b.rule if b.ignore is None else b.ignore[0]
+    target = _weights(b.target)
+    walk = b.ignore if b.ignore is not None and b.ignore[0] == "walk" else ("walk", 0.0)
+    schedule = b.ignore if b.ignore is not None and b.ignore[0] == "schedule" else ("schedule", 0.0, 1.0)
+    hidden = b.hidden or (0.0, (0.0,) * world.dim)
+    return {
+        "rule": np.int32(KINDS_OF_STEP.index(rule)), "lr": f32(b.lr), "lr_decay": f32(b.lr_decay),
+        "momentum": f32(args.get("momentum", 0.0)), "max_norm": f32(args.get("max_norm", np.inf)),
+        "precondition": f32(args.get("precondition", (1.0,) * world.dim)),
+        "target": target, "after": target if b.after is None else _weights(b.after),
+        "switch_at": np.int32(NEVER if b.switch_at is None else b.switch_at),
+        "deploys": f32(b.deploy is not None), "deploy": target if b.deploy is None else _weights(b.deploy),
+        "hidden_curvature": f32(hidden[0]), "hidden_centre": f32(hidden[1]),
+        "tilt": f32(b.tilt if b.tilt is not None else (0.0,) * world.dim),
+        "noise": f32(b.noise), "noise_decay": f32(b.noise_decay), "cap": f32(np.inf if b.cap is None else b.cap),
+        "walk_scale": f32(walk[1]), "walk_seed": np.int32(0), "schedule_size": f32(schedule[1]),
+        "schedule_decay": f32(schedule[2]),
+    }
 
 
-def _flat(world: DrawnWorld, tree) -> jax.Array:
-    return jnp.concatenate([tree[k] for k in world.blocks])
+def _unit_rules(a: dict, sizes: tuple[int, ...]) -> tuple[optax.GradientTransformation, ...]:
+    """Each gradient rule of ``RULES`` at a learning rate of 1 (the case's rate and its decay multiply after)."""
+    blocks = tuple(f"b{i}" for i in range(len(sizes)))
+    ends = np.cumsum((0,) + sizes)
 
+    def precondition(updates, params):
+        del params
+        flat = jnp.concatenate([updates[k] for k in blocks]) * a["precondition"]
+        return {**updates, **{k: flat[i:j] for k, i, j in zip(blocks, ends[:-1], ends[1:])}}
 
-def _split(world: DrawnWorld, flat: jax.Array) -> dict:
-    ends = np.cumsum((0,) + world.sizes)
-    return {k: flat[i:j] for k, i, j in zip(world.blocks, ends[:-1], ends[1:])}
+    return (optax.sgd(1.0), optax.sgd(1.0, momentum=a["momentum"]), optax.adam(1.0), optax.rmsprop(1.0),
+            optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(1.0)), optax.lion(1.0),
+            optax.chain(optax.clip_by_global_norm(a["max_norm"]), optax.sgd(1.0)),
+            optax.chain(optax.stateless(precondition), optax.sgd(1.0)))
 
 
 @functools.lru_cache(maxsize=None)
-def build(case: Case) -> Optimizer:
-    """The case's optimizer (``Behaviour`` on its world): the rule applied to the target's direction, after the
-    modifiers. Its oracle is every named quantity the behaviour reads. Cached (pure in the case), so a second
-    audit of a case reuses its compiled programs."""
-    b, world = case.behaviour, case.world
-    if b.ignore is not None:
-        return planted.random_walk(b.ignore[1], seed=case.index) if b.ignore[0] == "walk" else \
-            planted.schedule(b.ignore[1], b.ignore[2])
-    targets = [t for t in (b.target, b.after, b.deploy) if t is not None]
-    oracle = tuple(dict.fromkeys(["base"] + [q for t in targets for q, _ in t]))
-    tx = _tx(b, world)
-    hidden = None if b.hidden is None else (b.hidden[0], jnp.asarray(b.hidden[1], jnp.float32))
-    tilt = None if b.tilt is None else jnp.asarray(b.tilt, jnp.float32)
+def _drawn_make(sizes: tuple[int, ...]):
+    """``args -> Optimizer``: the grammar's optimizer on worlds whose active blocks have ``sizes``, every number of
+    it (``behaviour_args``) an argument. One function object per ``sizes``, so its programs are compiled once."""
+    blocks = tuple(f"b{i}" for i in range(len(sizes)))
+    ends = np.cumsum((0,) + sizes)
 
-    def direction(target: Target, obs, params):
-        g = jax.tree.map(lambda *gs: sum(w * x for (_, w), x in zip(target, gs)), *[obs.oracle[q] for q, _ in target])
-        extra = jnp.zeros(world.dim)
-        if hidden is not None:
-            extra = extra + hidden[0] * (_flat(world, params) - hidden[1])
-        if tilt is not None:
-            extra = extra + tilt
-        return {**g, **{k: g[k] + v for k, v in _split(world, extra).items()}}
+    def make(a) -> Optimizer:
+        rules = _unit_rules(a, sizes)
+        walk = planted.random_walk(a["walk_scale"], seed=a["walk_seed"])
+        schedule = planted.schedule(a["schedule_size"], a["schedule_decay"])
 
-    def init(params):
-        return tx.init(params), jnp.zeros((), jnp.int32)
+        def flat(tree):
+            return jnp.concatenate([tree[k] for k in blocks])
 
-    def update(obs, state, params):
-        inner, step = state
-        g = direction(b.target, obs, params)
-        if b.after is not None:
-            later = direction(b.after, obs, params)
-            g = jax.tree.map(lambda x, y: jnp.where(step >= b.switch_at, y, x), g, later)
-        if b.deploy is not None:
+        def where(flag, x, y):  # x where flag, else y; a select, so a non-finite unused branch cannot leak in
+            return jax.tree.map(lambda u, v: jnp.where(flag, u, v), x, y)
+
+        def direction(weights, obs, params):
+            g = jax.tree.map(lambda *gs: sum(jnp.where(weights[i] != 0, weights[i] * x, 0.0) for i, x in enumerate(gs)),
+                             *[obs.oracle[q] for q in QUANTITIES])
+            pull = jnp.where(a["hidden_curvature"] != 0, a["hidden_curvature"] * (flat(params) - a["hidden_centre"]),
+                             0.0)
+            extra = pull + a["tilt"]
+            return {**g, **{k: g[k] + extra[i:j] for k, i, j in zip(blocks, ends[:-1], ends[1:])}}
+
+        def init(params):
+            return (tuple(r.init(params) for r in rules), walk.init(params), schedule.init(params),
+                    jnp.zeros((), jnp.int32))
+
+        def update(obs, state, params):
+            inner, walk_state, schedule_state, step = state
+            g = where(step >= a["switch_at"], direction(a["after"], obs, params), direction(a["target"], obs, params))
             c = obs.cues["training"]
-            g = jax.tree.map(lambda x, y: c * x + (1 - c) * y, g, direction(b.deploy, obs, params))
-        if b.noise:
-            scale = b.noise * b.noise_decay ** step.astype(jnp.float32)
-            g = jax.tree.map(lambda x, o, e: x + scale * (o - e), g, obs.grad, obs.oracle["base"])
-        u, inner = tx.update(g, inner, params)
-        if b.cap is not None:
-            u = jax.tree.map(lambda x: jnp.clip(x, -b.cap, b.cap), u)
-        return u, (inner, step + 1), {}
+            deployed = jax.tree.map(lambda x, y: c * x + (1 - c) * y, g, direction(a["deploy"], obs, params))
+            g = where(a["deploys"] != 0, deployed, g)
+            scale = a["noise"] * a["noise_decay"] ** step.astype(jnp.float32)
+            noisy = jax.tree.map(lambda x, o, e: x + scale * (o - e), g, obs.grad, obs.oracle["base"])
+            g = where(a["noise"] != 0, noisy, g)
+            steps = [r.update(g, s, params) for r, s in zip(rules, inner)]
+            lr = a["lr"] * a["lr_decay"] ** step.astype(jnp.float32)
+            u = steps[0][0]
+            for index, (candidate, _) in enumerate(steps):
+                u = where(a["rule"] == index, candidate, u)
+            u = jax.tree.map(lambda x: jnp.clip(lr * x, -a["cap"], a["cap"]), u)
+            walked, walk_state, _ = walk.update(obs, walk_state, params)
+            scheduled, schedule_state, _ = schedule.update(obs, schedule_state, params)
+            u = where(a["rule"] == KINDS_OF_STEP.index("walk"), walked, u)
+            u = where(a["rule"] == KINDS_OF_STEP.index("schedule"), scheduled, u)
+            return u, (tuple(s for _, s in steps), walk_state, schedule_state, step + 1), {}
 
-    return Optimizer(init=init, update=update, oracle=oracle)
+        return Optimizer(init=init, update=update, oracle=QUANTITIES)
+
+    return make
+
+
+def build(case: Case) -> Parametric:
+    """The case's optimizer (``Behaviour`` on its world): the rule applied to the target's direction, after the
+    modifiers; it reads the exact gradient of every named quantity. A ``Parametric`` over the behaviour's
+    numbers, so every case on a world of the same blocks shares its compiled programs."""
+    args = {**behaviour_args(case.behaviour, case.world), "walk_seed": np.int32(case.index)}  # a walk's own draws
+    return Parametric(_drawn_make(case.world.sizes), jax.tree.map(jnp.asarray, args))
