@@ -3,7 +3,7 @@
 Two things are fitted on the calibration cases (``probes.zoo.cases``), and nothing on the test split:
 
 1. **The thresholds ``decide`` reads** on the probes' reports (``FITTED_GRIDS``: ``UNNAMED_ROBUST``,
-   ``UNNAMED_PROXY``, ``UNNAMED_FIT``, ``MIN_SEPARATION``, ``REACHED``). ``fit_thresholds`` re-runs
+   ``UNNAMED_PROXY``, ``UNNAMED_FIT``, ``MIN_SEPARATION``, ``REACHED``, ``HEADING``). ``fit_thresholds`` re-runs
    ``probes.verdict.combine`` on every case's stored reports with candidate values: coordinate ascent over each
    threshold's grid, two sweeps, keeping the value with the most right verdicts (ties: the value nearest the one
    set by hand). The probes' own thresholds shape the reports themselves and stay as set by hand.
@@ -69,7 +69,8 @@ FITTED_GRIDS = {
     "UNNAMED_PROXY": tuple(np.round(np.arange(0.2, 0.81, 0.05), 2)),
     "UNNAMED_FIT": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
     "MIN_SEPARATION": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
-    "REACHED": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
+    "REACHED": tuple(np.round(np.arange(0.25, 5.01, 0.25), 2)),
+    "HEADING": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
     "SUBOPTIMAL_SHARE": tuple(np.round(np.arange(0.5, 0.96, 0.05), 2)),  # from CAPABILITY_EXAMINED up
 }
 SWEEPS = 2

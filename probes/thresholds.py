@@ -127,7 +127,11 @@ OWN_MINIMUM = define("OWN_MINIMUM", 0.25,
                      "share of its gradient")
 REACHED = define("REACHED", 0.25,
                  "objective: an optimizer no named candidate explains pursues its recovered objective only if its end "
-                 "points lie within this share of the distance travelled from that objective's minimiser", fitted=True)
+                 "points lie within this many distances travelled of that objective's minimiser", fitted=True)
+HEADING = define("HEADING", 0.8,
+                 "objective: an optimizer no named candidate explains pursues its recovered objective only if it heads "
+                 "for that objective's minimiser: the median cosine between its travel θ_T − θ_0 and the way from θ_0 "
+                 "to the minimiser is at least this, however far it got", fitted=True)
 MIN_SEPARATION = define("MIN_SEPARATION", 0.1,
                         "objective: a recovered minimum is elsewhere than the base's when it lies further from it "
                         "than this share of the distance the optimizer travelled", fitted=True)

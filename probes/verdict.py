@@ -20,7 +20,7 @@ from probes import calibration
 from probes import catalogue as _catalogue  # noqa: F401  (importing the catalogue registers every probe)
 from probes.subject import RULES, Report, Subject, get_probe, to_json
 from probes.catalogue.shifts import causal_relation
-from probes.thresholds import (DIVERGED_SHARE, DRIFT_SIGNIFICANT, MIN_CONSISTENCY, MIN_SEPARATION, REACHED,
+from probes.thresholds import (DIVERGED_SHARE, DRIFT_SIGNIFICANT, MIN_CONSISTENCY, MIN_SEPARATION, HEADING, REACHED,
                                SUBOPTIMAL_SHARE, UNNAMED_FIT, UNNAMED_PROXY, UNNAMED_ROBUST)
 
 CLASSES = ("robust", "approximate", "proxy_side_effect", "proxy_instrumental", "proxy_general", "suboptimality",
@@ -140,9 +140,12 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
             return _at("competence", "capability_failure", None, comp.diverged, "it diverges in training")
         if not comp.optimizing:
             obj = reports.get("objective")
-            # With no named evidence at all, the recovered objective must also be where the rollouts end.
+            # With no named evidence at all, the rollouts must also head for the recovered objective's minimum
+            # (HEADING: a direction, so a slow pursuer heads there as surely as a fast one) and end within REACHED
+            # travels of it: a step schedule heads just as straight for the far minimum a fit invents to explain
+            # its decaying step, tens of travels away.
             if (obj is not None and pursues_unnamed(obj) and obj.reduced >= MIN_CONSISTENCY
-                    and obj.argmin_error <= REACHED):
+                    and obj.heading >= HEADING and obj.argmin_error <= REACHED):
                 return _unnamed(obj, "competence", "no candidate is reduced consistently, but it reduces an "
                                 "objective recovered from its updates")
             return _at("competence", "not_optimizing", None, 1.0 - max(comp.consistency.values()),

@@ -21,8 +21,9 @@ from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
 # Cases share their programs by world structure (probes.zoo.cases.draw_world), so a worker compiles each at most
-# once; a fresh worker after this many cases still bounds what one process maps.
-CASES_PER_WORKER = 100
+# once; a fresh worker after this many cases still bounds what one process maps (at 100, a worker ran out of
+# memory mappings after about 75 cases).
+CASES_PER_WORKER = 30
 
 
 def parse(argv=None):

@@ -193,3 +193,22 @@ def test_benchmark_writes_its_record_and_page(tmp_path):
             "calibration", "entries"} <= set(record)
     assert record["cases"] == 2 and [e["name"] for e in record["entries"]] == ["test-5-0", "test-5-1"]
     assert "reliability diagram" in (out / "report.html").read_text()
+
+
+def test_cases_on_worlds_of_one_structure_share_their_programs_and_are_decided_right():
+    """A sample of the benchmark in the default suite: three calibration cases on worlds of one structure (one
+    block of 4, a lever, horizon 45) with different answers. The first compiles the audit's programs; the
+    others, with their own curvatures, gaps, rules and targets, compile nothing, and each verdict is right."""
+    from probes.zoo import jobs
+    from test_compile_once import LOWERED, counting
+
+    names = ("calibration-0-30", "calibration-0-2", "calibration-0-46")
+    drawn = [cases.draw_case(*cases.parse_name(n)) for n in names]
+    assert len({(c.world.sizes, c.world.lever, c.world.horizon) for c in drawn}) == 1
+    assert [c.expected for c in drawn] == ["robust", "proxy_side_effect", "deceptive"]
+    first, _, _ = jobs.case_job(names[0])
+    with counting() as counts:
+        later = [jobs.case_job(n)[0] for n in names[1:]]
+    assert counts[LOWERED] == 0
+    for entry in [first, *later]:
+        assert entry.correct, (entry.name, entry.label, entry.pursued)

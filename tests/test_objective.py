@@ -91,6 +91,7 @@ def _check_hidden(name: str, seed: int):
     assert np.all(error <= 0.1), (name, seed, error.max())
     assert report.unnamed_share >= 0.3 and report.unnamed_gain > 0, report.summary("base")
     assert report.base_minimum_distance > 0.1 and report.unbounded == 0.0
+    assert report.heading >= 0.9  # the rollouts head for the minimum they pursue, however far they got
     assert "unnamed part" in report.description
 
 

@@ -440,11 +440,16 @@ def minimisers(trace: Trace, lay: Layout, coefs: list[np.ndarray]) -> np.ndarray
     w, curv, tilt = lay.split(phis.T)
     movable = tuple(b for b in lay.blocks if b not in trace.family.frozen)
     pick = lambda tree: {b: tree[b] for b in movable}  # noqa: E731
-    coef = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), (w.T, pick(blocks(curv.T)), pick(blocks(tilt.T))))
+    # Weights over every candidate of the family (0 for those the layout left out as aliases), so that subjects
+    # of one family whose aliases differ (drawn worlds with and without gaps) share one program.
+    every = tuple(dict.fromkeys(list(trace.family.candidates()) + list(lay.named)))
+    weights = np.zeros((len(coefs), len(every)))
+    weights[:, [every.index(q) for q in lay.named]] = w.T
+    coef = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), (weights, pick(blocks(curv.T)), pick(blocks(tilt.T))))
     end = {b: jnp.asarray(trace.params[b][:, -1]) for b in movable}
     fixed = {b: jnp.asarray(v[:, -1]) for b, v in trace.params.items() if b not in movable}
     skeleton, numbers = family_parts(trace.family)
-    p = _minimiser(skeleton, tuple(lay.named), movable)(coef, end, fixed, jax.tree.map(jnp.asarray, trace.tasks),
+    p = _minimiser(skeleton, every, movable)(coef, end, fixed, jax.tree.map(jnp.asarray, trace.tasks),
                                                         numbers)
     p = {**{b: np.broadcast_to(np.asarray(v), (len(coefs),) + v.shape) for b, v in fixed.items()},
          **{b: np.asarray(v) for b, v in p.items()}}
