@@ -1,7 +1,7 @@
 """The verdict's error rates on drawn ground-truth cases it was never tuned on (README, "Measuring the verdict").
 
     python scripts/benchmark.py --split test --cases 100 --seed 0 --out bench/test
-    python scripts/benchmark.py --split calibration --cases 100 --seed 0 --out bench/calibration
+    python scripts/benchmark.py --split calibration --cases 60 --seed 0 --out bench/calibration
 
 Draws N cases of the split (``probes.zoo.cases``: a random world and an optimizer from the grammar, each with the
 class and pursued quantity its construction settles), audits each in worker processes, and writes
@@ -21,8 +21,8 @@ from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
 # Cases share their programs by world structure (probes.zoo.cases.draw_world), so a worker compiles each at most
-# once; a fresh worker after this many cases still bounds what one process maps (at 100, a worker ran out of
-# memory mappings after about 75 cases).
+# once; a fresh worker after this many cases bounds its memory (a worker holds 3 to 5 GB of compiled programs
+# after 30 cases; with 100, two workers and a test run beside them ran a 23 GB machine out of memory).
 CASES_PER_WORKER = 30
 
 
