@@ -296,11 +296,12 @@ def rebuilt(skeleton: TaskFamily, numbers: Mapping[str, Any]) -> TaskFamily:
 
 
 def _with_fields(family: TaskFamily, values: Mapping[str, Any]) -> TaskFamily:
-    # A copy of the dataclass fields only, made without __init__: the values may be placeholders or tracers,
-    # which a family's __post_init__ checks would reject.
+    # A copy made without __init__ (the values may be placeholders or tracers, which a family's __post_init__
+    # checks would reject), keeping any attribute __post_init__ derived; so a traced field must not be one that
+    # such an attribute is derived from.
     out = object.__new__(type(family))
-    for f in dataclasses.fields(family):
-        object.__setattr__(out, f.name, values.get(f.name, getattr(family, f.name)))
+    for name, value in {**vars(family), **values}.items():
+        object.__setattr__(out, name, value)
     return out
 
 
