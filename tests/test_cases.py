@@ -48,25 +48,15 @@ def test_a_proxy_without_a_gap_equals_the_base_in_training_and_the_lever_tells_t
     assert np.all(grad["instr"]["lever"] < 0) and np.all(grad["base"]["lever"] > 0)
 
 
-def _split(world, flat):
-    """A flat vector over the active blocks as θ's blocks."""
-    ends = np.cumsum((0,) + world.sizes)
-    return {k: flat[i:j] for k, i, j in zip(world.blocks, ends[:-1], ends[1:])}
-
-
-def _flat(world, tree):
-    return jnp.concatenate([tree[k] for k in world.blocks])
-
-
 def test_the_mechanism_shift_moves_only_the_general_proxys_minimiser_by_delta():
     world = DrawnWorld(general_gap=0.0, lever=0)
     task = world.sample(jax.random.key(3))
     moved = world.shift("cause_moved")
-    at = functools.partial(_split, world)
+    at = functools.partial(cases._split, world.sizes)
     g = jax.grad(moved.quantity("general"))(at(task["t"] + task["delta"]), task)
-    np.testing.assert_allclose(_flat(world, g), 0.0, atol=1e-5)  # t + δ is its minimiser there
+    np.testing.assert_allclose(cases._flat(world.sizes, g), 0.0, atol=1e-5)  # t + δ is its minimiser there
     g_train = jax.grad(world.quantity("general"))(at(task["t"]), task)
-    np.testing.assert_allclose(_flat(world, g_train), 0.0, atol=1e-5)  # t in training, the base's too
+    np.testing.assert_allclose(cases._flat(world.sizes, g_train), 0.0, atol=1e-5)  # t in training, the base's too
 
 
 def test_the_base_minimum_is_its_closed_form():
@@ -74,7 +64,7 @@ def test_the_base_minimum_is_its_closed_form():
     task = world.sample(jax.random.key(4))
     h = jnp.asarray(world.curvature)
     argmin = (h * task["t"] + world.side_gap * task["u"]) / (h + world.side_gap)
-    params = {**_split(world, argmin), "lever": jnp.full((3,), -1.0)}
+    params = {**cases._split(world.sizes, argmin), "lever": jnp.full((3,), -1.0)}
     np.testing.assert_allclose(world.base_value(params, task), world.minimum(task), rtol=1e-5)
 
 

@@ -428,9 +428,9 @@ def _weights(target: Target) -> np.ndarray:
     return w
 
 
-def behaviour_args(b: Behaviour, world: DrawnWorld) -> dict[str, np.ndarray]:
+def behaviour_args(b: Behaviour, world: DrawnWorld, walk_seed: int = 0) -> dict[str, np.ndarray]:
     """The numbers of ``b`` as the arguments of ``_drawn_make``: neutral values (a weight of 0, a step ``NEVER``,
-    a cap of ∞) where the behaviour has no such part."""
+    a cap of ∞) where the behaviour has no such part; ``walk_seed`` seeds a random walk's own draws."""
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     args = dict(b.rule_args)
     rule = b.rule if b.ignore is None else b.ignore[0]
@@ -448,20 +448,28 @@ def behaviour_args(b: Behaviour, world: DrawnWorld) -> dict[str, np.ndarray]:
         "hidden_curvature": f32(hidden[0]), "hidden_centre": f32(hidden[1]),
         "tilt": f32(b.tilt if b.tilt is not None else (0.0,) * world.dim),
         "noise": f32(b.noise), "noise_decay": f32(b.noise_decay), "cap": f32(np.inf if b.cap is None else b.cap),
-        "walk_scale": f32(walk[1]), "walk_seed": np.int32(0), "schedule_size": f32(schedule[1]),
+        "walk_scale": f32(walk[1]), "walk_seed": np.int32(walk_seed), "schedule_size": f32(schedule[1]),
         "schedule_decay": f32(schedule[2]),
     }
 
 
+def _flat(sizes: tuple[int, ...], tree) -> jax.Array:
+    """The active blocks ``b0, b1, …`` of a θ-shaped tree as one vector."""
+    return jnp.concatenate([tree[f"b{i}"] for i in range(len(sizes))])
+
+
+def _split(sizes: tuple[int, ...], flat: jax.Array) -> dict:
+    """A vector over the active blocks as the blocks ``b0, b1, …``."""
+    ends = np.cumsum((0,) + sizes)
+    return {f"b{i}": flat[ends[i]:ends[i + 1]] for i in range(len(sizes))}
+
+
 def _unit_rules(a: dict, sizes: tuple[int, ...]) -> tuple[optax.GradientTransformation, ...]:
     """Each gradient rule of ``RULES`` at a learning rate of 1 (the case's rate and its decay multiply after)."""
-    blocks = tuple(f"b{i}" for i in range(len(sizes)))
-    ends = np.cumsum((0,) + sizes)
 
     def precondition(updates, params):
         del params
-        flat = jnp.concatenate([updates[k] for k in blocks]) * a["precondition"]
-        return {**updates, **{k: flat[i:j] for k, i, j in zip(blocks, ends[:-1], ends[1:])}}
+        return {**updates, **_split(sizes, _flat(sizes, updates) * a["precondition"])}
 
     return (optax.sgd(1.0), optax.sgd(1.0, momentum=a["momentum"]), optax.adam(1.0), optax.rmsprop(1.0),
             optax.chain(optax.scale_by_sign(), optax.scale_by_learning_rate(1.0)), optax.lion(1.0),
@@ -473,16 +481,11 @@ def _unit_rules(a: dict, sizes: tuple[int, ...]) -> tuple[optax.GradientTransfor
 def _drawn_make(sizes: tuple[int, ...]):
     """``args -> Optimizer``: the grammar's optimizer on worlds whose active blocks have ``sizes``, every number of
     it (``behaviour_args``) an argument. One function object per ``sizes``, so its programs are compiled once."""
-    blocks = tuple(f"b{i}" for i in range(len(sizes)))
-    ends = np.cumsum((0,) + sizes)
 
     def make(a) -> Optimizer:
         rules = _unit_rules(a, sizes)
         walk = planted.random_walk(a["walk_scale"], seed=a["walk_seed"])
         schedule = planted.schedule(a["schedule_size"], a["schedule_decay"])
-
-        def flat(tree):
-            return jnp.concatenate([tree[k] for k in blocks])
 
         def where(flag, x, y):  # x where flag, else y; a select, so a non-finite unused branch cannot leak in
             return jax.tree.map(lambda u, v: jnp.where(flag, u, v), x, y)
@@ -490,10 +493,9 @@ def _drawn_make(sizes: tuple[int, ...]):
         def direction(weights, obs, params):
             g = jax.tree.map(lambda *gs: sum(jnp.where(weights[i] != 0, weights[i] * x, 0.0) for i, x in enumerate(gs)),
                              *[obs.oracle[q] for q in QUANTITIES])
-            pull = jnp.where(a["hidden_curvature"] != 0, a["hidden_curvature"] * (flat(params) - a["hidden_centre"]),
-                             0.0)
-            extra = pull + a["tilt"]
-            return {**g, **{k: g[k] + extra[i:j] for k, i, j in zip(blocks, ends[:-1], ends[1:])}}
+            pull = jnp.where(a["hidden_curvature"] != 0,
+                             a["hidden_curvature"] * (_flat(sizes, params) - a["hidden_centre"]), 0.0)
+            return {**g, **{k: g[k] + v for k, v in _split(sizes, pull + a["tilt"]).items()}}
 
         def init(params):
             return (tuple(r.init(params) for r in rules), walk.init(params), schedule.init(params),
@@ -529,5 +531,5 @@ def build(case: Case) -> Parametric:
     """The case's optimizer (``Behaviour`` on its world): the rule applied to the target's direction, after the
     modifiers; it reads the exact gradient of every named quantity. A ``Parametric`` over the behaviour's
     numbers, so every case on a world of the same blocks shares its compiled programs."""
-    args = {**behaviour_args(case.behaviour, case.world), "walk_seed": np.int32(case.index)}  # a walk's own draws
+    args = behaviour_args(case.behaviour, case.world, walk_seed=case.index)
     return Parametric(_drawn_make(case.world.sizes), jax.tree.map(jnp.asarray, args))
