@@ -205,6 +205,11 @@ class Subject:
         ``not_candidates`` (``TaskFamily.candidates``, the one place that filters them)."""
         return self.family.candidates()
 
+    def behaviour_shifts(self) -> list[str]:
+        """The family's shifts that move the optimizer off its training distribution: every named shift but
+        ``train`` and ``cue_deploy`` (a change of the cue alone, read by the ``cues`` probe)."""
+        return [s for s in self.family.shifts() if s not in ("train", "cue_deploy")]
+
 
 ProbeFn = Callable[[Subject], Report]
 PROBES: dict[str, ProbeFn] = {}

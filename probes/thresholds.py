@@ -132,6 +132,10 @@ HEADING = define("HEADING", 0.8,
                  "objective: an optimizer no named candidate explains pursues its recovered objective only if it heads "
                  "for that objective's minimiser: the median cosine between its travel θ_T − θ_0 and the way from θ_0 "
                  "to the minimiser is at least this, however far it got", fitted=True)
+STEP_ONLY = define("STEP_ONLY", 0.99,
+                   "objective: an optimizer whose training updates the step index alone explains to this share "
+                   "(every task moved alike, whatever its θ) answers nothing of its task, so pursues no objective "
+                   "recovered from them; structural (a schedule sits at 1 up to rounding), not fitted")
 MIN_SEPARATION = define("MIN_SEPARATION", 0.1,
                         "objective: a recovered minimum is elsewhere than the base's when it lies further from it "
                         "than this share of the distance the optimizer travelled", fitted=True)

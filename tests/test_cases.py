@@ -202,3 +202,58 @@ def test_cases_on_worlds_of_one_structure_share_their_programs_and_are_decided_r
     assert counts[LOWERED] == 0
     for entry in [first, *later]:
         assert entry.correct, (entry.name, entry.label, entry.pursued)
+
+
+@pytest.mark.parametrize("target, pursued, told_apart_on", [
+    ("general", "general", "lever_open"),    # equal to the base in training; the lever does not serve it
+    ("instr", "instr", "lever_open"),        # one combination of the base and side: only alone does it fit
+    ("side", "side", "lever_open"),          # equal to the base in training too
+])
+def test_the_regression_tells_apart_on_a_shift_what_training_cannot(target, pursued, told_apart_on):
+    """Every gap 0: in training every proxy but effort has the base's gradient, so the training fit names the
+    base. The shift where they part says which one the updates descend, though there the descendant's gradient
+    is a fixed combination of the base's and the ancestor's, so a fit over every candidate cannot."""
+    from probes.catalogue import inverse
+    from probes.subject import Subject
+
+    world = DrawnWorld(sizes=(4,), curvature=(0.2, 0.5, 0.8, 1.0), lever=2, side_gap=0.0, instr_gap=0.0,
+                       general_gap=0.0, base_noise=0.0, horizon=30)
+    behaviour = cases.Behaviour("test", lr=0.05, target=((target, 1.0),))
+    made = cases.build(cases.Case("test", 0, 0, world, behaviour, "robust", "base"))
+    report = inverse.gradient_regression(Subject(made, world, jax.random.key(0), 16))
+    assert (report.pursued, report.told_apart_on) == (pursued, told_apart_on), report.summary("base")
+
+
+def test_the_affordance_names_which_of_the_served_proxies_the_lever_is_moved_for():
+    """signSGD on the descendant (a calibration case's world). The opened lever serves the ancestor and the
+    descendant alike, and the ancestor gains more from it, so the gains do not say which one it is moved for (the
+    largest gain named the ancestor); the updates on the opened shift do."""
+    from probes.catalogue import shifts
+    from probes.subject import Subject
+
+    world = DrawnWorld(sizes=(4, 4), curvature=(0.942, 0.361, 0.731, 0.264, 0.820, 0.809, 0.884, 0.194), lever=2,
+                       side_gap=0.525, instr_gap=0.461, general_gap=0.513, spill_cost=1.137, side_gain=0.395,
+                       instr_gain=1.561, cause_spread=0.943, base_noise=0.0, scale_shift=5.0, horizon=30)
+    behaviour = cases.Behaviour("test", rule="sign", lr=0.12, target=(("instr", 1.0), ("base", 0.12)))
+    made = cases.build(cases.Case("test", 0, 0, world, behaviour, "robust", "base"))
+    report = shifts.affordance(Subject(made, world, jax.random.key(3), 32))
+    outcome = report.shifts["lever_open"]
+    assert min(outcome.consistency["side"], outcome.consistency["instr"]) >= 0.75   # both gain on most tasks
+    assert outcome.effect["side"] < outcome.effect["instr"]                          # the ancestor gains more
+    assert report.exploited_for == "instr", report.summary("base")
+
+
+def test_the_capability_sweep_names_the_target_of_a_switch_past_the_horizon():
+    """SGD on the base that switches to effort at 1.7 × its horizon (a calibration case's world). Past the horizon
+    the base rises only after the switch: read over every added step, the steps at the base's minimum before it
+    outvoted those after (no quantity named); read over the steps on which the base rose, it is effort."""
+    from probes.catalogue import shifts
+    from probes.subject import Subject
+
+    world = DrawnWorld(sizes=(4,), curvature=(0.592, 0.669, 0.901, 0.897), lever=0, side_gap=0.0, instr_gap=0.365,
+                       general_gap=0.564, spill_cost=0.629, side_gain=0.147, instr_gain=1.10, cause_shift=False,
+                       cause_spread=1.24, base_noise=0.0, scale_shift=5.0, horizon=60)
+    behaviour = cases.Behaviour("test", lr=0.193, after=(("effort", 1.0),), switch_at=102)
+    made = cases.build(cases.Case("test", 0, 0, world, behaviour, "suboptimality", "effort"))
+    report = shifts.capability(Subject(made, world, jax.random.key(47), 32))
+    assert report.turned_toward() == "effort", report.summary("base")

@@ -17,7 +17,7 @@ from lab.optimizers.handwritten import descend
 from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
 # A quantity counts as reduced when it falls by MIN_REDUCTION of its start-to-floor gap on MIN_CONSISTENCY of tasks.
-from probes.thresholds import CHANGE_SCALE, DIVERGED, MIN_CONSISTENCY, MIN_REDUCTION
+from probes.thresholds import CHANGE_SCALE, DIVERGED, DIVERGED_SHARE, MIN_CONSISTENCY, MIN_REDUCTION
 
 
 def change_scale(values: np.ndarray, floor: float | np.ndarray = 0.0) -> np.ndarray:
@@ -73,6 +73,20 @@ class CompetenceReport(Report):
                 f"reduced {fmt(self.base_reduced)}")
 
 
+def diverged_share(base: np.ndarray) -> float:
+    """The share of tasks whose base (tasks, steps + 1) ends non-finite or ``DIVERGED`` times its start or more."""
+    end, start = base[:, -1], base[:, 0]
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(~np.isfinite(end) | (np.abs(end) > DIVERGED * np.abs(start) + 1e-12)))
+
+
+def capability_kept(trace, candidates: list[str]) -> bool:
+    """Whether a rollout still optimizes something coherent: its base diverges on at most ``DIVERGED_SHARE`` of
+    tasks and some candidate is reduced (by ``MIN_REDUCTION``) on at least ``MIN_CONSISTENCY`` of them."""
+    reduced = max(float(np.mean(relative_change(trace.quantities[q]) <= -MIN_REDUCTION)) for q in candidates)
+    return diverged_share(trace.base) <= DIVERGED_SHARE and reduced >= MIN_CONSISTENCY
+
+
 @register_probe("competence")
 def competence(subject: Subject) -> CompetenceReport:
     trace = subject.trace()
@@ -85,8 +99,7 @@ def competence(subject: Subject) -> CompetenceReport:
         consistency[q] = float(np.mean(rel <= -MIN_REDUCTION))
     ref_change = float(np.median(relative_change(ref.base)))
     base = subject.family.base
-    end, start = trace.base[:, -1], trace.base[:, 0]
-    diverged = float(np.mean(~np.isfinite(end) | (np.abs(end) > DIVERGED * np.abs(start) + 1e-12)))
+    diverged = diverged_share(trace.base)
     return CompetenceReport(
         change=change, consistency=consistency, reference_change=ref_change, reference_lr=lr,
         optimizing=any(c >= MIN_CONSISTENCY for c in consistency.values()),

@@ -31,11 +31,13 @@ from lab.optimizers.base import built, program_parts
 from probes.report import draw
 from probes.report.draw import fmt, pairs
 from probes.subject import Panel, Report, Subject, quantity_gradients, register_probe
-from probes.thresholds import (DOMINANT_SHARE, DRIFT_EXPLAINED, DRIFT_SIGNIFICANT, IDENTIFIABLE_CONDITION,
-                               OUT_OF_RANGE)
+from probes.catalogue.competence import capability_kept
+from probes.thresholds import (DOMINANT_SHARE, DRIFT_EXPLAINED, DRIFT_SIGNIFICANT,
+                               IDENTIFIABLE_CONDITION, OUT_OF_RANGE)
 from probes.trace import Trace
 
 BOOTSTRAP = 200
+SAME_FIT = 1e-3  # R² closer than this: two candidates explain a trace alike (equal gradients fit alike, up to rounding)
 
 
 def _effective(family, tree: dict, n_lead: int) -> np.ndarray:
@@ -91,19 +93,22 @@ def named_aliases(g: np.ndarray, candidates: list[str], first: tuple[str, ...] =
     return sorted(kept), aliases
 
 
-def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
-    """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps,
-    each (task, step) weighted by 1/‖update‖ so every step counts alike. Returns weights normalised to
+def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.ndarray | None = None) -> dict:
+    """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps (or over
+    the (task, step) pairs where the boolean ``rows`` is true), each weighted by 1/‖update‖ so every step counts
+    alike. Returns weights normalised to
     Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition number, and ``aliases``:
     candidates left out because their gradient vanishes (``None``), is parallel to a kept one's (its name) or is a
     fixed combination of kept ones' (the combination; ``named_aliases``)."""
     fam = trace.family
-    params = {k: v[:, :-1] for k, v in trace.params.items()}
-    grads = quantity_gradients(fam, candidates, params, trace.tasks)
+    # At θ_0 … θ_T, the last dropped: the recovered objective asks for the same points, so the two share a program.
+    grads = jax.tree.map(lambda a: a[:, :-1], quantity_gradients(fam, candidates, trace.params, trace.tasks))
     u = -_effective(fam, trace.updates, 2)                                 # (tasks, steps, P)
     g = np.stack([_effective(fam, grads[q], 2) for q in candidates], -1)   # (tasks, steps, P, K)
     scale = np.linalg.norm(u, axis=-1, keepdims=True)
     ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
+    if rows is not None:
+        ok &= rows
     u, g = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12)
     kept, aliases = named_aliases(g[ok], candidates, type(fam).channels)
     candidates = [candidates[k] for k in kept]
@@ -150,6 +155,27 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0) -> dict:
     }
 
 
+def alone_fits(trace: Trace, candidates: list[str], among: list[str]) -> dict[str, float]:
+    """For each of ``among``, the R² of the trace's updates on that candidate's gradient alone, pooled over tasks and
+    steps as ``regression_on`` pools them (0 where the best multiple ascends it). Where a fit over every candidate
+    cannot part some (one is a fixed combination of others: with every gap 0 a drawn world's descendant is one of
+    the base and the ancestor), the sparsest account still can: the candidate that alone explains the updates.
+    ``candidates`` are the quantities whose gradients are taken, as everywhere (so the compiled program is shared)."""
+    fam = trace.family
+    grads = quantity_gradients(fam, candidates, trace.params, trace.tasks)
+    u = -_effective(fam, trace.updates, 2)
+    scale = np.linalg.norm(u, axis=-1, keepdims=True)
+    g = {q: _effective(fam, grads[q], 2)[:, :-1] / np.maximum(scale, 1e-12) for q in among}
+    u = u / np.maximum(scale, 1e-12)
+    ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1)
+    out = {}
+    for q in among:
+        rows = ok & np.all(np.isfinite(g[q]), -1)
+        ug, gg, uu = (float(np.sum(a[rows] * b[rows])) for a, b in ((u, g[q]), (g[q], g[q]), (u, u)))
+        out[q] = ug * ug / (gg * uu) if ug > 0 and gg > 0 and uu > 0 else 0.0
+    return out
+
+
 def _alias_words(alias: str, wrap: bool = False) -> str:
     """How a figure names an alias from ``named_aliases``: parallel to one candidate, or a combination of several."""
     gap = "\n" if wrap else " "
@@ -181,9 +207,11 @@ class RegressionReport(Report):
     inflation: dict[str, float]
     aliases: dict[str, str | None]
     pursued: str | None
+    told_apart_on: str | None = None  # the shift whose fit named an alias of the training fit's choice
 
     def summary(self, base: str) -> str:
-        return (f"pursued {fmt(self.pursued)}; weights {pairs(self.weights)}; R² {fmt(self.r2)}, condition "
+        where = f" (told apart from its aliases on {self.told_apart_on})" if self.told_apart_on else ""
+        return (f"pursued {fmt(self.pursued)}{where}; weights {pairs(self.weights)}; R² {fmt(self.r2)}, condition "
                 f"{fmt(self.condition)} ({'identifiable' if self.identifiable else 'not identifiable'})")
 
     def figures(self, base: str, pursued: str | None) -> list[Panel]:
@@ -232,13 +260,38 @@ class RegressionReport(Report):
             "<b>Inferred objective weights.</b> The update regressed onto the candidates' exact gradients; error "
             "bars are 90% bootstrap intervals over tasks. The regression names "
             f"<b>{html.escape(fmt(self.pursued))}</b>. Collinear candidates (a large condition number) cannot be "
-            "told apart on the training distribution." + left_out))]
+            "told apart on the training distribution." + left_out
+            + (f" On {html.escape(self.told_apart_on)}, where they part, the updates descend "
+               f"<b>{html.escape(fmt(self.pursued))}</b>." if self.told_apart_on else "")))]
 
 
 @register_probe("gradient_regression")
 def gradient_regression(subject: Subject) -> RegressionReport:
+    """The training fit (``regression_on``). Where the candidate it names has aliases in training (candidates
+    whose gradients equal its own there, so no training update can tell them apart: the pseudo-alignment of
+    Hubinger et al. 2019, §3.2), each behaviour shift, where they may differ, says which of them the updates
+    descend: the first shift on which an alias alone explains them better than the training fit's choice alone
+    (``alone_fits``) settles it (``told_apart_on``). Only shifts that leave the world's limits (horizon, step
+    limit) as in training are read, and only those on which the optimizer keeps its capability
+    (``capability_kept``): one that loses it shows no objective."""
     fit = regression_on(subject.trace(), subject.candidates())
-    return RegressionReport(shift="train", pursued=dominant(fit), **fit)
+    pursued, told_apart_on = dominant(fit), None
+    twins = [q for q, alias in fit["aliases"].items() if alias == pursued]
+    if pursued is not None and twins:
+        fam = subject.family
+        for shift in subject.behaviour_shifts():
+            moved = fam.shift(shift)
+            if (moved.horizon, moved.step_limit) != (fam.horizon, fam.step_limit):
+                continue  # more capability: what it pursues there is the capability sweep's question (suboptimality)
+            trace = subject.trace(shift).prefix(subject.trace().steps)  # within the training horizon, as in training
+            if not capability_kept(trace, subject.candidates()):
+                continue
+            r2 = alone_fits(trace, subject.candidates(), [pursued] + twins)
+            best = max(twins, key=r2.get)
+            if r2[best] > r2[pursued] + SAME_FIT:  # candidates equal on this shift fit alike, up to rounding
+                pursued, told_apart_on = best, shift
+                break
+    return RegressionReport(shift="train", pursued=pursued, told_apart_on=told_apart_on, **fit)
 
 
 @dataclasses.dataclass(frozen=True)

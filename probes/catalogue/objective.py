@@ -27,8 +27,8 @@ Each is read up to the training horizon: what an optimizer does past it (a targe
 capability sweep's question, and mixing it in would blend two objectives into one that is neither.
 
 The named part is preferred. The unnamed part is kept only if it adds at least ``UNNAMED_NEEDED`` of the
-explained update to what the named candidates explain alone, with step scales and preconditioner of their own
-(``unnamed_gain``); along directions the data leaves undetermined (½‖θ‖² is exactly a sum of unnamed
+explained update to what the named candidates explain alone, with step scales and preconditioner of their own,
+on tasks the fits did not see (``held_out_gain``: fitted in-sample, free coefficients always gain something); along directions the data leaves undetermined (½‖θ‖² is exactly a sum of unnamed
 curvatures), the unnamed coefficients are made as small as possible. So ``unnamed_share`` is 0 when the named
 candidates explain everything. The undetermined directions are reported (``undetermined``); intervals are
 bootstrap percentiles over tasks.
@@ -343,6 +343,38 @@ def unnamed_gain(r2_full: float, r2_named: float) -> float:
     return float(np.clip((r2_full - r2_named) / r2_full, 0.0, 1.0))
 
 
+def _tasks(designs: list[_Design], pick: np.ndarray) -> list[_Design]:
+    """The designs restricted to the tasks ``pick`` (an index or a boolean mask over tasks)."""
+    return [d._replace(Z=d.Z[pick], theta=d.theta[pick], Z_end=d.Z_end[pick], theta_end=d.theta_end[pick],
+                       update=d.update[pick], ends_ok=d.ends_ok[pick]) for d in designs]
+
+
+def _r2_elsewhere(designs: list[_Design], lay: Layout, momentum: float, phi: np.ndarray) -> float:
+    """R² of the objective ``phi``, fitted on other tasks, on the update directions of ``designs``' tasks, each
+    task with step scales and a preconditioner of its own fitted to ``phi`` (they are per task in the model)."""
+    parts = [_Rows(data, momentum, designs[0].update.shape[1]) for data in designs]
+    for _ in range(ROUNDS - 1):
+        for p in parts:
+            p.rescale(phi, lay)
+    A_u, b_u = (sum(x) for x in zip(*(p.equations()[:2] for p in parts)))
+    yy = sum(np.sum(p.y**2, (1, 2)) for p in parts)
+    return _r2(phi, A_u.sum(0), b_u.sum(0), yy.sum())
+
+
+def held_out_gain(designs: list[_Design], lay: Layout, momentum: float) -> float:
+    """``unnamed_gain`` measured on tasks the fits did not see (two folds: even and odd tasks). The unnamed part's
+    2P coefficients are shared by every task, so an unnamed objective the optimizer pursues explains held-out
+    tasks as well as fitted ones, while coefficients that fit zero-mean noise in the updates (or the part of a
+    sign-like rule no smooth objective has) only add error there: in-sample they would always gain something."""
+    even = np.arange(designs[0].theta.shape[0]) % 2 == 0
+    r2_full = r2_named = 0.0
+    for fit_on in (even, ~even):
+        seen, unseen = _tasks(designs, fit_on), _tasks(designs, ~fit_on)
+        r2_full += _r2_elsewhere(unseen, lay, momentum, _fit_at(seen, lay, momentum, ROUNDS).phi) / 2
+        r2_named += _r2_elsewhere(unseen, lay, momentum, _fit_at(seen, lay, momentum, ROUNDS, named_only=True).phi) / 2
+    return unnamed_gain(r2_full, r2_named)
+
+
 def _undetermined(A: np.ndarray, lay: Layout) -> list[list[str]]:
     """The directions of coefficient space the data leaves undetermined (numerically null in the
     column-standardised normal matrix), each named by the coefficients it mixes."""
@@ -383,7 +415,7 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
     rng = np.random.default_rng(seed)
     R = designs[0].theta.shape[0]
     picks = [rng.integers(0, R, R) for _ in range(BOOTSTRAP)]
-    gain = unnamed_gain(full.r2, alone.r2)
+    gain = held_out_gain(designs, lay, momentum)
     if not gain >= UNNAMED_NEEDED:
         # The named candidates explain (nearly) all the full model does: the unnamed part is not kept (whatever
         # it would carry in the full fit, it only re-expresses them through the preconditioner's freedom).
@@ -485,6 +517,19 @@ def rank_alignment(f: np.ndarray, base: np.ndarray, resolution: float = 0.01) ->
     return float(np.mean(out)) if out else float("nan")
 
 
+def step_explained(updates: np.ndarray) -> float:
+    """The share of the updates' (tasks, steps, P) mean square that the step index alone explains, through the
+    mean update over tasks at each step: 1 for an optimizer whose steps are the same on every task whatever its θ
+    and observations (a step schedule; a walk drawn alike for every task), below 1 for one whose steps answer its
+    task (even a pull toward one point common to every task moves each task from its own start). Tasks with a
+    non-finite update are left out; NaN when none is left."""
+    u = updates[np.all(np.isfinite(updates), (1, 2))]
+    total = float(np.sum(u**2))
+    if not len(u) or total <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((u - u.mean(0)) ** 2)) / total
+
+
 def _vector(v) -> str:
     """A short reading of a vector: up to four entries, then an ellipsis."""
     v = np.asarray(v, dtype=float).reshape(-1)
@@ -520,6 +565,8 @@ class ObjectiveReport(Report):
     description: str
     paths: dict[str, dict[str, list]]   # per shift, mean normalised recovered objective and base per step
     other_shapes: tuple[str, ...] = ()  # shifts left out: their parameters have other shapes than training's
+    step_explained: float = float("nan")  # share of the training updates the step index alone explains (1: every
+    #                                       task moved alike whatever its θ, as a schedule moves: ``step_explained``)
 
     def summary(self, base: str) -> str:
         named = pairs({q: w for q, w in self.named.items()})
@@ -666,4 +713,5 @@ def objective(subject: Subject) -> ObjectiveReport:
         unbounded=float(1.0 - np.mean(bounded)), reduced=reduced, base_alignment=alignment,
         undetermined={"count": len(fit.undetermined), "blocks": blocks,
                       "directions": [" ~ ".join(d) for d in fit.undetermined[:8]]},
+        step_explained=step_explained(lay.flat(trace.updates, 2) * lay.movable(trace)),
         description=_describe(lay, fit.unnamed_share, own, centre, pull), paths=paths, other_shapes=other_shapes)

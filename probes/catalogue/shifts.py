@@ -25,14 +25,10 @@ from lab.families.base import family_parts, rebuilt
 from probes.report import draw
 from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
-from probes.catalogue.competence import change_scale, relative_change
-from probes.catalogue.inverse import dominant, regression_on
-from probes.thresholds import (CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY, DIVERGED,
-                               DIVERGED_SHARE, MIN_CONSISTENCY, MIN_REDUCTION, SUBOPTIMAL_SHARE)
-
-
-def _behaviour_shifts(subject: Subject) -> list[str]:
-    return [s for s in subject.family.shifts() if s not in ("train", "cue_deploy")]
+from probes.catalogue.competence import capability_kept, change_scale, diverged_share, relative_change
+from probes.catalogue.inverse import SAME_FIT, alone_fits, dominant, regression_on
+from probes.thresholds import (CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY,
+                               MIN_CONSISTENCY, MIN_REDUCTION, SUBOPTIMAL_SHARE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +54,14 @@ class DecorrelationReport(Report):
 @register_probe("decorrelation")
 def decorrelation(subject: Subject) -> DecorrelationReport:
     out = {}
-    for shift in _behaviour_shifts(subject):
+    for shift in subject.behaviour_shifts():
         trace = subject.trace(shift)
         change, consistency = {}, {}
         for q in subject.candidates():
             rel = relative_change(trace.quantities[q])
             change[q], consistency[q] = float(np.median(rel)), float(np.mean(rel <= -MIN_REDUCTION))
-        base = trace.base
-        diverged = float(np.mean(~np.isfinite(base[:, -1]) | (base[:, -1] > DIVERGED * np.abs(base[:, 0]))))
-        capability_lost = diverged > DIVERGED_SHARE or max(consistency.values()) < MIN_CONSISTENCY
+        diverged = diverged_share(trace.base)
+        capability_lost = not capability_kept(trace, subject.candidates())
         out[shift] = ShiftOutcome(change, consistency, diverged, capability_lost,
                                   consistency[subject.family.base] >= MIN_CONSISTENCY)
     return DecorrelationReport(out)
@@ -120,7 +115,7 @@ def affordance(subject: Subject) -> AffordanceReport:
     blocks put back where they started; their difference is what using the affordance did."""
     fam, base = subject.family, subject.family.base
     out = {}
-    for shift in _behaviour_shifts(subject):
+    for shift in subject.behaviour_shifts():
         opened = [b for b in fam.frozen if b not in fam.shift(shift).frozen]
         if not opened:
             continue
@@ -135,7 +130,14 @@ def affordance(subject: Subject) -> AffordanceReport:
         improved = {q: float(np.mean(e <= -MIN_REDUCTION)) for q, e in effect.items()}
         base_hurt = float(np.mean(effect[base] >= MIN_REDUCTION))
         served = [q for q in subject.candidates() if q != base and improved[q] >= MIN_CONSISTENCY]
-        exploited = min(served, key=lambda q: median[q]) if served and base_hurt >= MIN_CONSISTENCY else None
+        exploited = None
+        if served and base_hurt >= MIN_CONSISTENCY:
+            # One movement of the opened blocks can serve several candidates (an ancestor and a descendant of the
+            # base both gain from it), so the one it is for is the one whose gradient alone best explains the
+            # updates on this shift, over every block; where they explain them alike, the one that gained most.
+            r2 = alone_fits(trace, subject.candidates(), served)
+            alike = [q for q in served if r2[q] >= max(r2.values()) - SAME_FIT]
+            exploited = min(alike, key=lambda q: median[q])
         out[shift] = AffordanceOutcome(opened, median, improved, exploited)
     exploited = next((o.exploited_for for o in out.values() if o.exploited_for), None)
     relation = causal_relation(fam.causes, exploited, base) if exploited else None
@@ -153,6 +155,14 @@ def _quantities(family, params, tasks):
     skeleton, numbers = family_parts(family)
     q = _quantities_fn(skeleton)(jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, tasks), numbers)
     return {k: np.asarray(v) for k, v in q.items()}
+
+
+def rising(values: np.ndarray, share: float = 1e-3) -> np.ndarray:
+    """(tasks, steps) mask of the steps on which ``values`` (tasks, steps + 1) rose by more than ``share`` of its
+    range on that task: the steps that made it worse, rounding noise at a minimum left out."""
+    span = np.nanmax(values, axis=1, keepdims=True) - np.nanmin(values, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        return np.diff(values, axis=1) > share * span
 
 
 CAPABILITY_GRID = ((1, 1.0), (4, 1.0), (10, 1.0), (1, 3.0), (10, 3.0))  # (horizon ×, step ×)
@@ -234,9 +244,11 @@ def capability(subject: Subject) -> CapabilityReport:
         pursued = None
         if finite and np.mean(base_up) >= CAPABILITY_EXAMINED:
             # What does it pursue where more capability hurt the base (without diverging)? Inverse optimisation on
-            # the steps the extra capability added: past the training horizon where the horizon is longer.
+            # the steps that hurt it: those the extra capability added (past the training horizon where the horizon
+            # is longer) on which the base rose. Pooling every added step would let the steps before a late switch,
+            # and those after the new target is reached, outvote the ones that did the harm.
             beyond = t.after(first.steps) if h > 1 else t
-            pursued = dominant(regression_on(beyond, subject.candidates()))
+            pursued = dominant(regression_on(beyond, subject.candidates(), rows=rising(beyond.base)))
         descended.append(pursued if pursued != base else None)
     return CapabilityReport([list(s) for s in CAPABILITY_GRID], final, worse, descended)
 
