@@ -20,8 +20,8 @@ from pathlib import Path
 from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
-# Cases share their programs by world structure (probes.zoo.cases.draw_world), so a worker compiles each at most
-# once; a fresh worker after this many cases bounds its memory (a worker holds 3 to 5 GB of compiled programs
+# Cases share their programs by world structure (probes.zoo.cases.draw_world) and a worker takes the cases of one
+# structure in turn, so it compiles each once; a fresh worker after this many cases bounds its memory (a worker holds 3 to 5 GB of compiled programs
 # after 30 cases; with 100, two workers and a test run beside them ran a 23 GB machine out of memory).
 CASES_PER_WORKER = 30
 
@@ -66,6 +66,7 @@ def _run(args) -> int:
 
     from lab.io import commit_files, dumps, recover_commits
     from probes import report
+    from probes.zoo import cases
     from probes.zoo import jobs as zoo
     from probes.zoo.score import calibration_error, score
 
@@ -86,9 +87,9 @@ def _run(args) -> int:
                       f"({escape(e.details['description'])})")
         bars.advance(bar)
 
-    with bars:
+    with bars:  # cases of one world structure to one worker, which compiles its programs once
         results = zoo.run_jobs([(zoo.case_job, (name, args.tasks)) for name in names], workers, done,
-                               jobs_per_worker=CASES_PER_WORKER)
+                               jobs_per_worker=CASES_PER_WORKER, groups=[cases.likely_structure(n) for n in names])
     entries = [entry for entry, _, _ in results]
     # Every case's reports, the input of the calibration fit (probes.calibration), which re-reads them.
     kept = pickle.dumps({e.name: {k: r for k, r in v.reports.items()} for e, v, _ in results})

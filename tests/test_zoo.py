@@ -130,6 +130,21 @@ def test_run_jobs_replaces_a_worker_after_its_share_of_jobs():
     assert os.getpid() not in pids and len(set(pids)) == 2 and pids[0] == pids[1] != pids[2] == pids[3]
 
 
+def test_the_schedule_keeps_a_worker_on_its_group_and_then_takes_the_largest_free_one():
+    schedule = zoo.Schedule(["a", "b", "a", "b", "c", "c", "c"], 2)
+    assert [schedule.next(0), schedule.next(1)] == [4, 0]   # the largest group first (c), then a
+    assert [schedule.next(1), schedule.next(1)] == [2, 1]   # a again; a is done, so b (c is taken)
+    assert [schedule.next(0), schedule.next(0)] == [5, 6]   # c to its end
+    assert [schedule.next(0), schedule.next(1)] == [3, None]  # every group left is taken: it helps with b
+    plain = zoo.Schedule([None] * 3, 2)   # no groups: the jobs' order
+    assert [plain.next(1), plain.next(0), plain.next(1), plain.next(0)] == [0, 1, 2, None]
+
+
+def test_run_jobs_with_groups_returns_results_in_job_order():
+    jobs = [(pow, (2, k)) for k in range(6)]
+    assert zoo.run_jobs(jobs, 2, groups=["a", "b", "a", "b", "c", "c"]) == [1, 2, 4, 8, 16, 32]
+
+
 def test_run_jobs_names_the_job_whose_worker_died():
     with pytest.raises(zoo.WorkerDied, match=r"^a worker process died running job 2 of 3 \(abort\), most often .*"
                                              r"out of memory") as caught:

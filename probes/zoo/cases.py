@@ -369,6 +369,14 @@ def draw_case(split: str, seed: int, index: int) -> Case:
     """Case ``index`` of ``split`` under ``seed``: the kind cycles through ``KINDS`` (so every split is balanced
     over them), the world and the optimizer are drawn from ``(split, seed, index)``, and a construction the rules
     cannot settle is redrawn (a late switch also when running it shows no harm, ``switch_shows``)."""
+    for case in _settled(split, seed, index):
+        if case.expected != "suboptimality" or switch_shows(case):
+            return case
+    raise RuntimeError(f"no settled {KINDS[index % len(KINDS)]} case in 1000 draws")  # never reached
+
+
+def _settled(split: str, seed: int, index: int):
+    """The draws of case ``index`` whose construction the rules settle, in order (at most 1000 attempts)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     kind = KINDS[index % len(KINDS)]
@@ -377,12 +385,20 @@ def draw_case(split: str, seed: int, index: int) -> Case:
         world = draw_world(rng)
         behaviour = draw_behaviour(rng, world, kind)
         settled = None if behaviour is None else settle(world, behaviour)
-        if settled is None:
-            continue
-        case = Case(split, seed, index, world, behaviour, *settled)
-        if case.expected != "suboptimality" or switch_shows(case):
-            return case
-    raise RuntimeError(f"no settled {kind} case in 1000 draws")  # never reached with the grammar above
+        if settled is not None:
+            yield Case(split, seed, index, world, behaviour, *settled)
+
+
+def structure(world: DrawnWorld) -> tuple:
+    """What decides which compiled programs a world's audit uses: its blocks, its lever and its horizon."""
+    return world.sizes, world.lever, world.horizon
+
+
+def likely_structure(name: str) -> tuple:
+    """The ``structure`` of case ``name``'s world, without running anything: that of its first settled draw. A
+    late switch that shows no harm is drawn again (``switch_shows`` runs it), so for those it is a guess; the
+    benchmark only schedules by it (cases of one structure to one worker, which then compiles it once)."""
+    return structure(next(_settled(*parse_name(name))).world)
 
 
 SWITCH_SHOWS = 0.75  # the share of tasks on which the base must end worse than at a late switch ...

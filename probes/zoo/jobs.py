@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -105,8 +106,34 @@ def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int 
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+class Schedule:
+    """Which job each of ``workers`` runs next, given a group key per job (``run_jobs``): a worker keeps to its
+    group while it has jobs not yet started, then moves to the largest group no other worker is on (or, when every
+    group left is taken, helps with the largest). Jobs of a group start in their order; one group only (``None``
+    for every job) is the jobs' order."""
+
+    def __init__(self, groups: list[Hashable], workers: int):
+        self.pending: dict[Hashable, deque[int]] = {}  # group -> its jobs not yet started, in order
+        for i, key in enumerate(groups):
+            self.pending.setdefault(key, deque()).append(i)
+        self.on: list[Hashable | None] = [None] * workers  # the group each worker is on
+        self.started: list[bool] = [False] * workers
+
+    def next(self, worker: int) -> int | None:
+        """The index of the next job for ``worker``, or ``None`` when every job has started."""
+        if not (self.started[worker] and self.pending.get(self.on[worker])):
+            left = [k for k, q in self.pending.items() if q]
+            if not left:
+                return None
+            others = {k for w, k in enumerate(self.on) if w != worker and self.started[w]}
+            self.on[worker] = max(left, key=lambda k: (k not in others, len(self.pending[k])))
+            self.started[worker] = True
+        return self.pending[self.on[worker]].popleft()
+
+
 def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
-             on_done: Callable[[int, Any], None] | None = None, jobs_per_worker: int | None = None) -> list[Any]:
+             on_done: Callable[[int, Any], None] | None = None, jobs_per_worker: int | None = None,
+             groups: list[Hashable] | None = None) -> list[Any]:
     """Runs ``fn(*args)`` for every ``(fn, args)`` in ``jobs`` and returns the results in the jobs' order;
     ``on_done(index, result)`` is called as each finishes. With ``workers > 1`` the jobs run in that many fresh
     worker processes (``spawn``: JAX does not survive ``fork``), each job as it would run alone.
@@ -115,7 +142,11 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
     jobs then run in a worker process). Jobs that each compile programs of their own (the benchmark's drawn
     cases) need it: every compiled program stays mapped in its process, and a long-lived one runs out of memory
     maps (LLVM's "Unable to allocate section memory") after a few dozen cases. (Each worker is a one-process
-    executor of its own, replaced by hand: ``max_tasks_per_child`` deadlocks on Python 3.11.)"""
+    executor of its own, replaced by hand: ``max_tasks_per_child`` deadlocks on Python 3.11.)
+
+    ``groups``: a key per job (the benchmark's: its world's structure). A worker takes the jobs of one group in
+    turn and, when it runs out, the largest group no other worker is on, so jobs that share compiled programs run
+    in one process, which compiles them once. Without it, jobs start in their order."""
     results: list[Any] = [None] * len(jobs)
     recycle = jobs_per_worker is not None and len(jobs) > jobs_per_worker
     if (workers <= 1 and not recycle) or len(jobs) <= 1:
@@ -125,15 +156,15 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
                 on_done(i, results[i])
         return results
     context = multiprocessing.get_context("spawn")
-    pending = iter(enumerate(jobs))
     slots: list[list] = [[None, 0] for _ in range(max(1, min(workers, len(jobs))))]  # [executor, jobs run]
+    schedule = Schedule(groups if groups is not None else [None] * len(jobs), len(slots))
     running: dict = {}  # future -> (job index, slot)
 
     def submit(slot: int) -> None:
-        item = next(pending, None)
-        if item is None:
+        i = schedule.next(slot)
+        if i is None:
             return
-        i, (fn, args) = item
+        fn, args = jobs[i]
         executor, count = slots[slot]
         if executor is not None and jobs_per_worker is not None and count >= jobs_per_worker:
             executor.shutdown()
