@@ -16,6 +16,7 @@ from lab.optimizers.base import Parametric
 from lab.optimizers.handwritten import descend
 from probes.report.draw import fmt
 from probes.subject import Report, Subject, register_probe
+from probes.trace import Trace
 # A quantity counts as reduced when it falls by MIN_REDUCTION of its start-to-floor gap on MIN_CONSISTENCY of tasks.
 from probes.thresholds import CHANGE_SCALE, DIVERGED, DIVERGED_SHARE, MIN_CONSISTENCY, MIN_REDUCTION
 
@@ -80,7 +81,7 @@ def diverged_share(base: np.ndarray) -> float:
         return float(np.mean(~np.isfinite(end) | (np.abs(end) > DIVERGED * np.abs(start) + 1e-12)))
 
 
-def capability_kept(trace, candidates: list[str]) -> bool:
+def capability_kept(trace: Trace, candidates: list[str]) -> bool:
     """Whether a rollout still optimizes something coherent: its base diverges on at most ``DIVERGED_SHARE`` of
     tasks and some candidate is reduced (by ``MIN_REDUCTION``) on at least ``MIN_CONSISTENCY`` of them."""
     reduced = max(float(np.mean(relative_change(trace.quantities[q]) <= -MIN_REDUCTION)) for q in candidates)

@@ -93,23 +93,31 @@ def named_aliases(g: np.ndarray, candidates: list[str], first: tuple[str, ...] =
     return sorted(kept), aliases
 
 
+def _step_rows(trace: Trace, candidates: list[str], names: list[str]):
+    """The rows of an inverse optimisation on ``trace``: ``(u, g, ok)``, the −updates (tasks, steps, P) and the
+    gradients of ``names`` at the θ each update was taken from (tasks, steps, P, K) over the movable blocks, each
+    (task, step) divided by its update's norm so every step counts alike, and where both are finite and the update
+    is not zero. The gradients of every one of ``candidates`` are taken at θ_0 … θ_T, the points the recovered
+    objective asks for too, so the two share one compiled program."""
+    fam = trace.family
+    grads = quantity_gradients(fam, candidates, trace.params, trace.tasks)
+    u = -_effective(fam, trace.updates, 2)
+    g = np.stack([_effective(fam, grads[q], 2)[:, :-1] for q in names], -1)
+    scale = np.linalg.norm(u, axis=-1, keepdims=True)
+    ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
+    return u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12), ok
+
+
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.ndarray | None = None) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps (or over
     the (task, step) pairs where the boolean ``rows`` is true), each weighted by 1/‖update‖ so every step counts
-    alike. Returns weights normalised to
-    Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition number, and ``aliases``:
-    candidates left out because their gradient vanishes (``None``), is parallel to a kept one's (its name) or is a
-    fixed combination of kept ones' (the combination; ``named_aliases``)."""
+    alike. Returns weights normalised to Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition
+    number, and ``aliases``: candidates left out because their gradient vanishes (``None``), is parallel to a kept
+    one's (its name) or is a fixed combination of kept ones' (the combination; ``named_aliases``)."""
     fam = trace.family
-    # At θ_0 … θ_T, the last dropped: the recovered objective asks for the same points, so the two share a program.
-    grads = jax.tree.map(lambda a: a[:, :-1], quantity_gradients(fam, candidates, trace.params, trace.tasks))
-    u = -_effective(fam, trace.updates, 2)                                 # (tasks, steps, P)
-    g = np.stack([_effective(fam, grads[q], 2) for q in candidates], -1)   # (tasks, steps, P, K)
-    scale = np.linalg.norm(u, axis=-1, keepdims=True)
-    ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
+    u, g, ok = _step_rows(trace, candidates, candidates)
     if rows is not None:
         ok &= rows
-    u, g = u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12)
     kept, aliases = named_aliases(g[ok], candidates, type(fam).channels)
     candidates = [candidates[k] for k in kept]
     g = g[..., kept]
@@ -161,17 +169,11 @@ def alone_fits(trace: Trace, candidates: list[str], among: list[str]) -> dict[st
     cannot part some (one is a fixed combination of others: with every gap 0 a drawn world's descendant is one of
     the base and the ancestor), the sparsest account still can: the candidate that alone explains the updates.
     ``candidates`` are the quantities whose gradients are taken, as everywhere (so the compiled program is shared)."""
-    fam = trace.family
-    grads = quantity_gradients(fam, candidates, trace.params, trace.tasks)
-    u = -_effective(fam, trace.updates, 2)
-    scale = np.linalg.norm(u, axis=-1, keepdims=True)
-    g = {q: _effective(fam, grads[q], 2)[:, :-1] / np.maximum(scale, 1e-12) for q in among}
-    u = u / np.maximum(scale, 1e-12)
-    ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1)
+    u, g, ok = _step_rows(trace, candidates, among)
+    u, g = u[ok], g[ok]
     out = {}
-    for q in among:
-        rows = ok & np.all(np.isfinite(g[q]), -1)
-        ug, gg, uu = (float(np.sum(a[rows] * b[rows])) for a, b in ((u, g[q]), (g[q], g[q]), (u, u)))
+    for k, q in enumerate(among):
+        ug, gg, uu = float(np.sum(u * g[..., k])), float(np.sum(g[..., k] ** 2)), float(np.sum(u * u))
         out[q] = ug * ug / (gg * uu) if ug > 0 and gg > 0 and uu > 0 else 0.0
     return out
 
