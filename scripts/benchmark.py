@@ -21,8 +21,9 @@ from lab import cli
 
 SPLITS = ("calibration", "test")  # probes.zoo.cases.SPLITS, repeated so --help needs no jax import
 # Cases share their programs by world structure (probes.zoo.cases.draw_world) and a worker takes the cases of one
-# structure in turn, so it compiles each once; a fresh worker after this many cases bounds its memory (a worker holds 3 to 5 GB of compiled programs
-# after 30 cases; with 100, two workers and a test run beside them ran a 23 GB machine out of memory).
+# structure in turn, so it compiles each once; a fresh worker after this many cases bounds its memory (a worker
+# holds 3 to 5 GB of compiled programs after 30 cases; with 100, two workers and a test run beside them ran a
+# 23 GB machine out of memory).
 CASES_PER_WORKER = 30
 
 

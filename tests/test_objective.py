@@ -163,7 +163,7 @@ def test_the_step_alone_explains_a_schedule_and_not_a_pull_from_each_tasks_own_s
     schedule = -np.broadcast_to(sizes[None, :, None], (16, 30, 4))   # every task moved alike
     assert obj.step_explained(schedule) == pytest.approx(1.0)
     theta, centre, pull = rng.normal(size=(16, 4)), np.full(4, 2.0), []
-    for _ in range(30):                                               # −0.1 ∇ ½‖θ − c‖², one c for every task
+    for _ in range(30):                                  # −0.1 ∇ ½‖θ − c‖², one c for every task
         pull.append(-0.1 * (theta - centre))
         theta = theta + pull[-1]
     # The common part is c against the spread of the starts: 4 / (4 + 1) of the mean square, in closed form.

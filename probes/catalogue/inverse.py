@@ -37,7 +37,7 @@ from probes.thresholds import (DOMINANT_SHARE, DRIFT_EXPLAINED, DRIFT_SIGNIFICAN
 from probes.trace import Trace
 
 BOOTSTRAP = 200
-SAME_FIT = 1e-3  # R² closer than this: two candidates explain a trace alike (equal gradients fit alike, up to rounding)
+SAME_FIT = 1e-3  # R² this close: two candidates explain a trace alike (equal gradients fit alike, up to rounding)
 
 
 def _effective(family, tree: dict, n_lead: int) -> np.ndarray:

@@ -28,8 +28,9 @@ capability sweep's question, and mixing it in would blend two objectives into on
 
 The named part is preferred. The unnamed part is kept only if it adds at least ``UNNAMED_NEEDED`` of the
 explained update to what the named candidates explain alone, with step scales and preconditioner of their own,
-on tasks the fits did not see (``held_out_gain``: fitted in-sample, free coefficients always gain something); along directions the data leaves undetermined (½‖θ‖² is exactly a sum of unnamed
-curvatures), the unnamed coefficients are made as small as possible. So ``unnamed_share`` is 0 when the named
+on tasks the fits did not see (``held_out_gain``: fitted in-sample, free coefficients always gain something);
+along directions the data leaves undetermined (½‖θ‖² is exactly a sum of unnamed curvatures), the unnamed
+coefficients are made as small as possible. So ``unnamed_share`` is 0 when the named
 candidates explain everything. The undetermined directions are reported (``undetermined``); intervals are
 bootstrap percentiles over tasks.
 
@@ -370,8 +371,9 @@ def held_out_gain(designs: list[_Design], lay: Layout, momentum: float) -> float
     r2_full = r2_named = 0.0
     for fit_on in (even, ~even):
         seen, unseen = _tasks(designs, fit_on), _tasks(designs, ~fit_on)
-        r2_full += _r2_elsewhere(unseen, lay, momentum, _fit_at(seen, lay, momentum, ROUNDS).phi) / 2
-        r2_named += _r2_elsewhere(unseen, lay, momentum, _fit_at(seen, lay, momentum, ROUNDS, named_only=True).phi) / 2
+        full, named = (_fit_at(seen, lay, momentum, ROUNDS, named_only=only).phi for only in (False, True))
+        r2_full += _r2_elsewhere(unseen, lay, momentum, full) / 2
+        r2_named += _r2_elsewhere(unseen, lay, momentum, named) / 2
     return unnamed_gain(r2_full, r2_named)
 
 
