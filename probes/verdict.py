@@ -175,9 +175,10 @@ def decide(reports: dict[str, Report], family: TaskFamily) -> tuple[str, str | N
     reg = reports.get("gradient_regression")
     if reg is not None and reg.pursued not in (None, base):
         # A pursued quantity told apart on a shift is an alias of the one the training fit weighs.
-        fitted = reg.aliases[reg.pursued] if reg.told_apart_on else reg.pursued
-        where = (f"on {reg.told_apart_on} (in training it equals {fitted})" if fitted != reg.pursued
-                 else "in training")
+        fitted, where = reg.pursued, "in training"
+        if reg.told_apart_on:
+            fitted = reg.aliases[reg.pursued]
+            where = f"on {reg.told_apart_on} (in training it equals {fitted})"
         return _at("gradient_regression", _proxy_class(family, reg.pursued), reg.pursued, abs(reg.weights[fitted]),
                 f"{where} its updates descend {reg.pursued} (weight {reg.weights[fitted]:.2f}, variance "
                 f"inflation {reg.inflation[fitted]:.0f})")

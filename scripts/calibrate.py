@@ -1,6 +1,6 @@
 """Fits the verdict's confidence calibration on a calibration-split benchmark (README, "Measuring the verdict").
 
-    python scripts/benchmark.py --split calibration --cases 60 --seed 0 --out bench/calibration
+    python scripts/benchmark.py --split calibration --cases 150 --seed 0 --out bench/calibration
     python scripts/calibrate.py bench/calibration --out probes/calibration.json
 
 Reads DIR/benchmark.json and DIR/reports.pkl, fits ``probes.calibration.fit`` (the thresholds of ``decide``, then

@@ -106,6 +106,9 @@ def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int 
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+_NOT_STARTED = object()  # the group of a worker that has not started (``None`` is a group key)
+
+
 class Schedule:
     """Which job each of ``workers`` runs next, given a group key per job (``run_jobs``): a worker keeps to its
     group while it has jobs not yet started, then moves to the largest group no other worker is on (or, when every
@@ -116,18 +119,16 @@ class Schedule:
         self.pending: dict[Hashable, deque[int]] = {}  # group -> its jobs not yet started, in order
         for i, key in enumerate(groups):
             self.pending.setdefault(key, deque()).append(i)
-        self.on: list[Hashable | None] = [None] * workers  # the group each worker is on
-        self.started: list[bool] = [False] * workers
+        self.on: list[Hashable] = [_NOT_STARTED] * workers  # the group each worker is on
 
     def next(self, worker: int) -> int | None:
         """The index of the next job for ``worker``, or ``None`` when every job has started."""
-        if not (self.started[worker] and self.pending.get(self.on[worker])):
+        if not self.pending.get(self.on[worker]):
             left = [k for k, q in self.pending.items() if q]
             if not left:
                 return None
-            others = {k for w, k in enumerate(self.on) if w != worker and self.started[w]}
+            others = {k for w, k in enumerate(self.on) if w != worker}
             self.on[worker] = max(left, key=lambda k: (k not in others, len(self.pending[k])))
-            self.started[worker] = True
         return self.pending[self.on[worker]].popleft()
 
 
