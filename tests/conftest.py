@@ -6,11 +6,11 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an accelerator
-# Scripts run in child processes (as a user runs them) share one persistent compilation cache for the session,
-# as a user's commands share theirs: the same programs are not compiled again in every child. This process
-# itself never turns it on (see below), also when a test calls a script's main() in it.
-# Under pytest-xdist the controller makes the folder before it starts its workers, and they inherit it: one cache
-# for every worker's children, removed by the controller at its exit.
+# One persistent compilation cache for the session, as a user's commands share theirs: scripts run in child
+# processes (as a user runs them) and this process both use it. The suite drops its compiled programs after each
+# module (``_release_compiled_programs``), and a later module that needs one of them loads it from disk instead
+# of compiling it again; pytest-xdist workers load what the other compiled. Under pytest-xdist the controller
+# makes the folder before it starts its workers, and they inherit it; the controller removes it at its exit.
 if "PYTEST_XDIST_WORKER" not in os.environ or "MESA_LAB_COMPILE_CACHE" not in os.environ:
     os.environ["MESA_LAB_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mesa-lab-test-compile-cache-")
     atexit.register(shutil.rmtree, os.environ["MESA_LAB_COMPILE_CACHE"], ignore_errors=True)
@@ -21,10 +21,8 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 from lab import compile_cache  # noqa: E402
 
-# No persistent compilation cache in this process, even when a test calls a script's main() here: writing one
-# executable of this suite (four fake devices, hundreds of programs) to it crashed the process (a segmentation
-# fault inside XLA's executable serialisation, jax 0.10.2 on CPU); the lab's own cached factories already make
-# repeated programs within this process compile once.
+compile_cache.enable(os.environ["MESA_LAB_COMPILE_CACHE"])
+# A test that calls a script's main() in this process keeps the session's folder: no test writes to the user's.
 compile_cache.enable = lambda setting=None: None
 jax.config.update("jax_numpy_rank_promotion", "raise")  # catch silent broadcasting
 

@@ -1,6 +1,6 @@
 """Every script's parser turns jax's persistent compilation cache on (``lab.compile_cache``): in the folder
 the flag names, else in the one the environment names, and never with ``off``. Each case runs in a fresh
-process (the cache is process-wide configuration, and this test session keeps it off)."""
+process (the cache is process-wide configuration, and this test session has set its own)."""
 
 import os
 import subprocess
