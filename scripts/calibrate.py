@@ -3,8 +3,9 @@
     python scripts/benchmark.py --split calibration --cases 150 --seed 0 --out bench/calibration
     python scripts/calibrate.py bench/calibration --out probes/calibration.json
 
-Reads DIR/benchmark.json and DIR/reports.pkl, fits ``probes.calibration.fit`` (the thresholds of ``decide``, then
-isotonic maps from the raw score to the share of right verdicts, per class found) and writes the table to OUT
+Reads DIR/benchmark.json and DIR/reports.pkl of every DIR given (calibration benchmarks of different seeds), fits
+``probes.calibration.fit`` (the thresholds of ``decide``, then isotonic maps from the raw score to the share of
+right verdicts out of fold, per class found) and writes the table to OUT
 (written whole or not at all). A benchmark of the test
 split is refused: the test split is never fitted on. Bad input ends with a one-line error and exit code 2.
 """
@@ -21,7 +22,8 @@ from lab import cli
 
 def parse(argv=None):
     p = cli.Parser(prog="calibrate.py", description=__doc__.split("\n\n")[0], compile_cache=False)
-    p.add_argument("benchmark", type=Path, help="a folder written by scripts/benchmark.py --split calibration")
+    p.add_argument("benchmark", type=Path, nargs="+",
+                   help="folders written by scripts/benchmark.py --split calibration (one or more seeds)")
     p.add_argument("--out", type=Path, required=True, help="the calibration table to write (JSON)")
     args = p.parse_args(argv)
     problem = cli.writable_file(args.out)
@@ -36,22 +38,28 @@ def main(argv=None) -> int:
     from probes import calibration
     from probes.zoo import cases
 
-    source = args.benchmark / "benchmark.json"
+    fitted, seeds = [], []
     try:
-        record = json.loads(source.read_text())
-        if record.get("split") != "calibration":
-            raise ValueError(f"{source} is a {record.get('split')!r} benchmark; fit only on the calibration split")
-        reports = pickle.loads((args.benchmark / "reports.pkl").read_bytes())
-        fitted = [calibration.Case(reports[e["name"]], cases.draw_case(*cases.parse_name(e["name"])).world,
-                                   e["expected"], e["expected_pursued"]) for e in record["entries"]]
-        table = calibration.fit(fitted, {"split": "calibration", "seed": record["seed"], "cases": record["cases"]})
+        for folder in args.benchmark:
+            source = folder / "benchmark.json"
+            record = json.loads(source.read_text())
+            if record.get("split") != "calibration":
+                raise ValueError(f"{source} is a {record.get('split')!r} benchmark; fit only on the calibration split")
+            if record["seed"] in seeds:
+                raise ValueError(f"{source}: seed {record['seed']} is given twice (its cases would count twice)")
+            seeds.append(record["seed"])
+            reports = pickle.loads((folder / "reports.pkl").read_bytes())
+            fitted += [calibration.Case(reports[e["name"]], cases.draw_case(*cases.parse_name(e["name"])).world,
+                                        e["expected"], e["expected_pursued"]) for e in record["entries"]]
+        table = calibration.fit(fitted, {"split": "calibration", "seeds": seeds, "cases": len(fitted)})
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         print(f"calibrate.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     write_text_atomic(args.out, dumps(table, indent=2, sort_keys=True) + "\n")
     maps = ", ".join(f"{c} ({t['n']})" for c, t in table["classes"].items())
     values = ", ".join(f"{k} {v:g}" for k, v in table["thresholds"].items())
-    print(f"fitted on {record['cases']} calibration cases (seed {record['seed']}): thresholds {values}; "
+    print(f"fitted on {len(fitted)} calibration cases (seeds {', '.join(map(str, seeds))}): thresholds {values}; "
+          f"{table['source']['right_fitted']}/{len(fitted)} right with them (a training figure); out of fold "
           f"{table['source']['right']}/{table['source']['answered']} answered right, of which "
           f"{table['source']['abstained']} would abstain ({table['source']['right_of_kept']} right of the rest); "
           f"confidence maps {maps}; "

@@ -96,3 +96,40 @@ def test_calibrate_refuses_a_test_split_benchmark(tmp_path):
                            str(tmp_path / "c.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and "fit only on the calibration split" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()
+
+
+def test_no_case_is_decided_out_of_fold_by_thresholds_fitted_on_itself(monkeypatch):
+    """``out_of_fold``: each case is re-decided with thresholds fitted on the other folds only, and every case once,
+    in its own place."""
+    cases = [calibration.Case({}, None, f"case{i}", None) for i in range(12)]
+    fitted_on = []
+
+    def fit_thresholds(training):
+        fitted_on.append({c.expected for c in training})
+        return {"fit": len(fitted_on) - 1}
+
+    def redecide(held, values):
+        seen = fitted_on[values["fit"]]
+        return [(c.expected, None, 0.5, c.expected not in seen) for c in held]
+
+    monkeypatch.setattr(calibration, "fit_thresholds", fit_thresholds)
+    monkeypatch.setattr(calibration, "redecide", redecide)
+    rows = calibration.out_of_fold(cases, folds=5)
+    assert [r[0] for r in rows] == [c.expected for c in cases]
+    assert all(r[3] for r in rows)  # never in its own thresholds' training cases
+    assert len(fitted_on) == 5 and all(len(s) in (9, 10) for s in fitted_on)
+
+
+def test_calibrate_refuses_the_same_seed_twice(tmp_path):
+    folders = []
+    for name in ("a", "b"):
+        bench = tmp_path / name
+        bench.mkdir()
+        (bench / "benchmark.json").write_text(json.dumps({"split": "calibration", "seed": 4, "cases": 0,
+                                                          "entries": []}))
+        (bench / "reports.pkl").write_bytes(pickle.dumps({}))
+        folders.append(str(bench))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate.py"), *folders, "--out",
+                           str(tmp_path / "c.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "seed 4 is given twice" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()
