@@ -243,17 +243,28 @@ def test_the_affordance_names_which_of_the_served_proxies_the_lever_is_moved_for
     assert report.exploited_for == "instr", report.summary("base")
 
 
-def test_the_capability_sweep_names_the_target_of_a_switch_past_the_horizon():
-    """SGD on the base that switches to effort at 1.7 × its horizon (a calibration case's world). Past the horizon
-    the base rises only after the switch: read over every added step, the steps at the base's minimum before it
-    outvoted those after (no quantity named); read over the steps on which the base rose, it is effort."""
+SGD_LATE_SWITCH = (
+    DrawnWorld(sizes=(4,), curvature=(0.592, 0.669, 0.901, 0.897), lever=0, side_gap=0.0, instr_gap=0.365,
+               general_gap=0.564, spill_cost=0.629, side_gain=0.147, instr_gain=1.10, cause_shift=False,
+               cause_spread=1.24, base_noise=0.0, scale_shift=5.0, horizon=60),
+    cases.Behaviour("test", lr=0.193, after=(("effort", 1.0),), switch_at=102), 47)
+SIGN_LATE_SWITCH = (
+    DrawnWorld(sizes=(2, 2), curvature=(0.308, 0.122, 0.100, 0.169), lever=2, side_gap=0.0541, instr_gap=0.0526,
+               general_gap=0.0, spill_cost=0.807, side_gain=0.360, instr_gain=1.084, cause_shift=False,
+               cause_spread=0.876, base_noise=0.0, scale_shift=10.0, horizon=30),
+    cases.Behaviour("test", rule="sign", lr=0.121, after=(("effort", 1.0),), switch_at=67), 8)
+
+
+@pytest.mark.parametrize("world, behaviour, seed", [SGD_LATE_SWITCH, SIGN_LATE_SWITCH], ids=["sgd", "sign"])
+def test_the_capability_sweep_names_the_target_of_a_switch_past_the_horizon(world, behaviour, seed):
+    """A descent of the base that switches to effort past its horizon (calibration cases' worlds: SGD at 1.7 ×
+    the horizon, signSGD at 2.2 ×). Past the horizon the base rises only after the switch: read over every added
+    step, the steps at the base's minimum before it outvoted those after (no quantity named); read over the steps
+    on which the base rose, it is effort. The sign rule's steps keep their length as effort's gradient shrinks, so
+    the regression on those steps fits poorly and names nothing; effort is the one candidate they descend."""
     from probes.catalogue import shifts
     from probes.subject import Subject
 
-    world = DrawnWorld(sizes=(4,), curvature=(0.592, 0.669, 0.901, 0.897), lever=0, side_gap=0.0, instr_gap=0.365,
-                       general_gap=0.564, spill_cost=0.629, side_gain=0.147, instr_gain=1.10, cause_shift=False,
-                       cause_spread=1.24, base_noise=0.0, scale_shift=5.0, horizon=60)
-    behaviour = cases.Behaviour("test", lr=0.193, after=(("effort", 1.0),), switch_at=102)
     made = cases.build(cases.Case("test", 0, 0, world, behaviour, "suboptimality", "effort"))
-    report = shifts.capability(Subject(made, world, jax.random.key(47), 32))
+    report = shifts.capability(Subject(made, world, jax.random.key(seed), 32))
     assert report.turned_toward() == "effort", report.summary("base")
