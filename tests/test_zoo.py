@@ -152,6 +152,62 @@ def test_run_jobs_names_the_job_whose_worker_died():
     assert "\n" not in str(caught.value)
 
 
+PARENT = """
+import os, sys, time
+from probes.zoo import jobs
+print(os.getpid(), flush=True)
+jobs.run_jobs([(time.sleep, (600,))] * 2, 2)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by whoever adopted it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
+def test_workers_end_when_the_command_that_started_them_is_killed():
+    """A command killed outright runs no clean-up; its workers see that their parent is gone and end, rather than
+    wait for work for ever (each holding the programs it compiled)."""
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both workers up and past their set-up (they import the lab)
+        workers = {c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+        if len(workers) == 2 and all(len(list(Path(f"/proc/{w}/task").iterdir())) > 1 for w in workers):
+            break
+        time.sleep(0.5)
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.5)
+    left = [w for w in workers if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, "the workers outlived the command that started them"
+
+
 def test_zoo_script_ends_in_one_line_and_keeps_its_files_when_a_worker_dies(tmp_path, monkeypatch, script_error):
     (tmp_path / "zoo.json").write_text("{}\n")
     message = "a worker process died running job 1 of 2 (learned_job of 'quadratic'), most often ..."

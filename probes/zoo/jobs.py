@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -106,6 +108,25 @@ def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int 
     return entry, verdict, (subject_traces(subject) if figures else None)
 
 
+# How often a worker process checks that the process that started it is alive (``_worker_start``).
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _worker_start(parent: int) -> None:
+    """A worker process's set-up: the parent's compilation cache (``compile_cache.inherit``), and a watch that ends
+    the worker once ``parent`` is gone. A command killed outright (SIGKILL, or SIGTERM, whose default action runs no
+    clean-up) cannot shut its pool down, and a pool's workers never learn of it: they finished the case they were
+    auditing, then waited for the next one for ever, each holding gigabytes of compiled programs."""
+    compile_cache.inherit()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)  # re-parented: the parent died; nothing of this worker's is kept (results go to the parent)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 _NOT_STARTED = object()  # the group of a worker that has not started (``None`` is a group key)
 
 
@@ -171,7 +192,8 @@ def run_jobs(jobs: list[tuple[Callable, tuple]], workers: int = 1,
             executor.shutdown()
             executor = None
         if executor is None:
-            executor, count = ProcessPoolExecutor(1, mp_context=context, initializer=compile_cache.inherit), 0
+            executor, count = ProcessPoolExecutor(1, mp_context=context, initializer=_worker_start,
+                                                  initargs=(os.getpid(),)), 0
         slots[slot] = [executor, count + 1]
         running[executor.submit(fn, *args)] = (i, slot)
 
