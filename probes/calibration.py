@@ -18,8 +18,8 @@ Two things are fitted on the calibration cases (``probes.zoo.cases``), and nothi
    on cases its thresholds were not fitted on, which is what the test split and a user's audit are.
 
 Both ship in ``probes/calibration.json`` (``probes.thresholds`` reads the thresholds from it at import). The
-procedure: ``python scripts/benchmark.py --split calibration --cases N --seed S --out DIR``, then
-``python scripts/calibrate.py DIR --out probes/calibration.json``; the test split, never looked at while fitting,
+procedure: ``python scripts/benchmark.py --split calibration --cases N --seed S --out DIR`` for one or more seeds,
+then ``python scripts/calibrate.py DIR ... --out probes/calibration.json``; the test split, never looked at while fitting,
 gives the figures (``scripts/benchmark.py --split test``).
 """
 
@@ -116,10 +116,12 @@ def redecide(cases: Sequence[Case], values: Mapping[str, float]) -> list[tuple[s
 
 
 def fit_thresholds(cases: Sequence[Case]) -> dict[str, float]:
-    """The fitted thresholds (module docstring, 1): coordinate ascent on the number of right verdicts."""
+    """The fitted thresholds (module docstring, 1): coordinate ascent on the number of right verdicts, from the
+    hand-set values (``probes.thresholds.HAND``, not the table in force, so a refit does not depend on the last
+    one); ties go to the value nearest the hand-set one."""
     from probes import thresholds
 
-    hand = {name: thresholds.THRESHOLDS[name].value for name in FITTED_GRIDS}
+    hand = {name: thresholds.HAND[name] for name in FITTED_GRIDS}
     values = dict(hand)
     for _ in range(SWEEPS):
         for name, grid in FITTED_GRIDS.items():
@@ -137,14 +139,27 @@ def fit_thresholds(cases: Sequence[Case]) -> dict[str, float]:
 FOLDS = 5
 
 
+def fold_of(cases: Sequence[Case], folds: int = FOLDS) -> list[int]:
+    """Each case's fold, stratified: the cases of each expected class dealt to the folds in turn. Not ``i % folds``:
+    the drawn cases cycle through their kinds, so folds by index would each hold a few kinds only, and thresholds
+    fitted on the other folds would never have seen them (held-out folds of 46 right in 90)."""
+    dealt: dict[str, int] = {}
+    out = []
+    for c in cases:
+        out.append(dealt.get(c.expected, 0) % folds)
+        dealt[c.expected] = dealt.get(c.expected, 0) + 1
+    return out
+
+
 def out_of_fold(cases: Sequence[Case], folds: int = FOLDS) -> list[tuple[str, str | None, float, bool]]:
     """``redecide``'s rows, each case re-decided with thresholds fitted (``fit_thresholds``) on the other folds
-    (case ``i`` is in fold ``i % folds``): the verdicts a user gets on cases the thresholds never saw
-    (cross-fitting; scikit-learn's ``CalibratedClassifierCV`` fits its maps the same way)."""
+    (``fold_of``): the verdicts a user gets on cases the thresholds never saw (cross-fitting; scikit-learn's
+    ``CalibratedClassifierCV`` fits its maps the same way)."""
     rows: list = [None] * len(cases)
-    for fold in range(min(folds, len(cases))):
-        held = range(fold, len(cases), folds)
-        values = fit_thresholds([c for i, c in enumerate(cases) if i % folds != fold])
+    fold = fold_of(cases, folds)
+    for k in sorted(set(fold)):
+        held = [i for i in range(len(cases)) if fold[i] == k]
+        values = fit_thresholds([c for i, c in enumerate(cases) if fold[i] != k])
         for i, row in zip(held, redecide([cases[i] for i in held], values)):
             rows[i] = row
     return rows

@@ -23,6 +23,7 @@ class Threshold(NamedTuple):
 
 
 THRESHOLDS: dict[str, Threshold] = {}
+HAND: dict[str, float] = {}  # every threshold's hand-set value, also where a fitted one is in force (the fit's prior)
 # The thresholds of ``decide`` fitted on the calibration split of the drawn cases (``probes.calibration``,
 # ``scripts/calibrate.py``), shipped beside this module; absent, every threshold keeps its hand-set value.
 _CALIBRATION = Path(__file__).with_name("calibration.json")
@@ -35,6 +36,7 @@ def define(name: str, value: float, meaning: str, fitted: bool = False) -> float
     or, for a ``fitted`` threshold, the value the calibration fit found (``FITTED``), if there is one."""
     if name in THRESHOLDS:
         raise ValueError(f"threshold {name!r} is already defined")
+    HAND[name] = float(value)
     if fitted and name in FITTED:
         meaning = f"{meaning} [fitted on the calibration split; set by hand: {value:g}]"
         value = float(FITTED[name])

@@ -1,13 +1,14 @@
 """Fits the verdict's confidence calibration on a calibration-split benchmark (README, "Measuring the verdict").
 
-    python scripts/benchmark.py --split calibration --cases 150 --seed 0 --out bench/calibration
-    python scripts/calibrate.py bench/calibration --out probes/calibration.json
+    python scripts/benchmark.py --split calibration --cases 150 --seed 0 --out bench/calibration0
+    python scripts/benchmark.py --split calibration --cases 300 --seed 1 --out bench/calibration1
+    python scripts/calibrate.py bench/calibration0 bench/calibration1 --out probes/calibration.json
 
 Reads DIR/benchmark.json and DIR/reports.pkl of every DIR given (calibration benchmarks of different seeds), fits
 ``probes.calibration.fit`` (the thresholds of ``decide``, then isotonic maps from the raw score to the share of
-right verdicts out of fold, per class found) and writes the table to OUT
-(written whole or not at all). A benchmark of the test
-split is refused: the test split is never fitted on. Bad input ends with a one-line error and exit code 2.
+right verdicts out of fold, per class found) and writes the table to OUT (written whole or not at all). A benchmark
+of the test split is refused: the test split is never fitted on. Bad input ends with a one-line error and exit
+code 2.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_fitting_thresholds_keeps_a_case_right_and_prefers_the_hand_values(hidde
     values = calibration.fit_thresholds([case])
     assert calibration.redecide([case], values)[0][3]
     # one case that every value near the hand-set one gets right: the hand values stay
-    assert values["UNNAMED_ROBUST"] == pytest.approx(thresholds.THRESHOLDS["UNNAMED_ROBUST"].value, abs=0.011)
+    assert values["UNNAMED_ROBUST"] == pytest.approx(thresholds.HAND["UNNAMED_ROBUST"], abs=0.011)
 
 
 def test_the_shipped_calibration_sets_the_fitted_thresholds():
@@ -99,25 +99,29 @@ def test_calibrate_refuses_a_test_split_benchmark(tmp_path):
 
 
 def test_no_case_is_decided_out_of_fold_by_thresholds_fitted_on_itself(monkeypatch):
-    """``out_of_fold``: each case is re-decided with thresholds fitted on the other folds only, and every case once,
-    in its own place."""
-    cases = [calibration.Case({}, None, f"case{i}", None) for i in range(12)]
+    """``out_of_fold``: each case is re-decided with thresholds fitted on the other folds only, every case once,
+    in its own place; the folds are stratified by class, also where the cases cycle through their classes (as
+    drawn cases cycle through their kinds, so that folds by index would each hold one class)."""
+    cases = [calibration.Case({}, None, f"class{i % 5}", str(i)) for i in range(25)]
     fitted_on = []
 
     def fit_thresholds(training):
-        fitted_on.append({c.expected for c in training})
+        fitted_on.append({c.pursued for c in training})
         return {"fit": len(fitted_on) - 1}
 
     def redecide(held, values):
         seen = fitted_on[values["fit"]]
-        return [(c.expected, None, 0.5, c.expected not in seen) for c in held]
+        return [(c.pursued, c.expected, 0.5, c.pursued not in seen) for c in held]
 
     monkeypatch.setattr(calibration, "fit_thresholds", fit_thresholds)
     monkeypatch.setattr(calibration, "redecide", redecide)
     rows = calibration.out_of_fold(cases, folds=5)
-    assert [r[0] for r in rows] == [c.expected for c in cases]
-    assert all(r[3] for r in rows)  # never in its own thresholds' training cases
-    assert len(fitted_on) == 5 and all(len(s) in (9, 10) for s in fitted_on)
+    assert [r[0] for r in rows] == [c.pursued for c in cases]
+    assert all(r[3] for r in rows)  # never among its own thresholds' training cases
+    assert len(fitted_on) == 5 and all(len(s) == 20 for s in fitted_on)
+    folds = calibration.fold_of(cases, 5)
+    for k in range(5):  # every fold holds every class
+        assert {c.expected for c, f in zip(cases, folds) if f == k} == {f"class{j}" for j in range(5)}
 
 
 def test_calibrate_refuses_the_same_seed_twice(tmp_path):
