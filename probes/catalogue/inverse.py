@@ -166,9 +166,10 @@ def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.n
 def alone_fits(trace: Trace, candidates: list[str], among: list[str], rows: np.ndarray | None = None
                ) -> dict[str, float]:
     """For each of ``among``, the R² of the trace's updates on that candidate's gradient alone, pooled over tasks and
-    steps (or the boolean ``rows``) as ``regression_on`` pools them (0 where the best multiple ascends it). Where a fit over every candidate
-    cannot part some (one is a fixed combination of others: with every gap 0 a drawn world's descendant is one of
-    the base and the ancestor), the sparsest account still can: the candidate that alone explains the updates.
+    steps (or the (task, step) pairs where the boolean ``rows`` is true) as ``regression_on`` pools them (0 where
+    the best multiple ascends it). Where a fit over every candidate cannot part some (one is a fixed combination of
+    others: with every gap 0 a drawn world's descendant is one of the base and the ancestor), the sparsest account
+    still can: the candidate that alone explains the updates.
     ``candidates`` are the quantities whose gradients are taken, as everywhere (so the compiled program is shared)."""
     u, g, ok = _step_rows(trace, candidates, among)
     if rows is not None:
