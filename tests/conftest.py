@@ -21,6 +21,8 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 from lab import compile_cache  # noqa: E402
 
+# (It was kept off here for a while after one crash inside XLA's executable serialisation, jax 0.10.2 on CPU,
+# writing an executable of this suite; the two full suites run with it on since have not crashed.)
 compile_cache.enable(os.environ["MESA_LAB_COMPILE_CACHE"])
 # A test that calls a script's main() in this process keeps the session's folder: no test writes to the user's.
 compile_cache.enable = lambda setting=None: None
