@@ -160,16 +160,16 @@ jobs.run_jobs([(time.sleep, (600,))] * 2, 2)
 """
 
 
-def _children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid`` (Linux's /proc)."""
+def _workers(pid: int) -> set[int]:
+    """The spawned worker processes whose parent is ``pid`` (Linux's /proc; one that ends while read is left out)."""
     out = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                out.add(int(stat.parent.name))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
     return out
 
 
@@ -191,8 +191,8 @@ def test_workers_end_when_the_command_that_started_them_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
     deadline = time.time() + 120
-    while time.time() < deadline:  # both workers up and past their set-up (they import the lab)
-        workers = {c for c in _children(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+    while time.time() < deadline:  # both workers up, each with a second thread (its imports' or the watch)
+        workers = _workers(pid)
         if len(workers) == 2 and all(len(list(Path(f"/proc/{w}/task").iterdir())) > 1 for w in workers):
             break
         time.sleep(0.5)

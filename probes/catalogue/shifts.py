@@ -25,6 +25,7 @@ from lab.families.base import family_parts, rebuilt
 from probes.report import draw
 from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
+from probes.trace import Trace
 from probes.catalogue.competence import capability_kept, change_scale, diverged_share, relative_change
 from probes.catalogue.inverse import SAME_FIT, alone_fits, dominant, regression_on
 from probes.thresholds import (CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY,
@@ -227,7 +228,7 @@ class CapabilityReport(Report):
             f"suboptimality. Turned toward: <b>{html.escape(fmt(self.turned_toward()))}</b>."))]
 
 
-def descended_where_hurt(trace, candidates: list[str], base: str) -> str | None:
+def descended_where_hurt(trace: Trace, candidates: list[str], base: str) -> str | None:
     """What the updates descend on the steps of ``trace`` on which the base rose (``rising``): the gradient
     regression's dominant candidate; where it names none, the candidate whose gradient alone explains those updates
     best (``alone_fits``), provided the updates there ascend the base. A sign or clipped rule's step keeps its
