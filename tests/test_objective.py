@@ -184,3 +184,20 @@ def test_a_sign_rules_misfit_is_no_unnamed_objective():
     made = cases.build(cases.Case("test", 0, 0, world, behaviour, "robust", "base"))
     report = obj.objective(Subject(made, world, jax.random.key(50), 32))
     assert report.unnamed_share == 0.0 and report.unnamed_gain < 0.02, report.summary("base")
+
+
+def test_a_block_the_shift_opens_and_the_optimizer_leaves_alone_does_not_break_the_fit():
+    """A preconditioned pull toward a hidden point on a calibration case's world (calibration-1-285), fitted on
+    training and on the shift that opens the lever. The optimizer never moves the lever, so its preconditioner
+    there is 0, and two undetermined directions then move the unnamed terms almost alike. Cancelling them exactly
+    gave the two proxies the lever tells apart coefficients of ±1e13 (R² −447); the pull is a hidden quadratic
+    the unnamed part expresses exactly."""
+    from probes.zoo import cases
+
+    case = cases.draw_case(*cases.parse_name("calibration-1-285"))
+    assert case.behaviour.hidden is not None and dict(case.behaviour.target)["base"] == 0.0
+    subject = Subject(cases.build(case), case.world, jax.random.key(case.seed * 100_003 + case.index), 32)
+    fit, lay = obj.fit_objective([subject.trace("train"), subject.trace("lever_open")], subject.candidates())
+    named, _, _ = lay.split(fit.phi)
+    assert fit.r2 > 0.99 and fit.unnamed_share > 0.4, (fit.r2, fit.unnamed_share)
+    assert np.max(np.abs(named)) < 10.0, dict(zip(lay.named, named))

@@ -57,7 +57,7 @@ from scipy import stats
 from lab.families.base import family_parts, rebuilt
 from probes.report import draw
 from probes.report.draw import fmt, pairs
-from probes.catalogue.inverse import named_aliases
+from probes.catalogue.inverse import QUIET, named_aliases
 from probes.subject import Panel, Report, Subject, quantity_gradients, register_probe
 from probes.thresholds import MIN_REDUCTION, OWN_MINIMUM, UNNAMED_NEEDED, UNNAMED_ROBUST
 from probes.trace import Trace
@@ -66,8 +66,6 @@ ROUNDS = 3              # alternating least-squares rounds (objective ↔ step s
 MOMENTUM_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)   # the momenta μ profiled (by R² of a one-round fit)
 KKT_WEIGHT = 1.0        # a task's end-point stationarity counts as much as all of its update steps together
 NULL = 1e-8             # standardised eigenvalues below this share of the largest are undetermined directions
-QUIET = 1e-3            # steps whose update is below this share of the task's largest carry float noise, not
-                        # direction: they are down-weighted in proportion
 BOOTSTRAP = 200
 # The unnamed part has two coefficients per movable element, and the fit solves dense normal equations of
 # K + 2P unknowns per task (memory R·(K + 2P)² and an eigendecomposition per bootstrap). At 2,410 elements (the
@@ -160,9 +158,15 @@ def _solve(A: np.ndarray, b: np.ndarray, n_named: int, named_only: bool = False)
     x = vec[:, keep] @ ((vec[:, keep].T @ (b[idx] * scale)) / eig[keep])
     unnamed = idx >= n_named
     null = vec[:, ~keep]
-    null = null[:, np.linalg.norm(null[unnamed], axis=0) > 0.1]  # undetermined directions that move unnamed terms
     if null.size:
-        x = x + null @ np.linalg.lstsq(null[unnamed], -x[unnamed], rcond=None)[0]
+        # The combinations of undetermined directions that move the unnamed terms by at least 0.1 per unit
+        # (singular values of their unnamed rows): a pseudo-inverse cut there, since two such directions can move
+        # them almost alike, and an exact inverse then cancels them against each other with huge named
+        # coefficients (a seen failure: ±2e13 on two aliased proxies once a frozen block was opened).
+        u, sv, vt = np.linalg.svd(null[unnamed], full_matrices=False)
+        moves = sv > 0.1
+        if moves.any():
+            x = x + null @ (vt[moves].T @ ((u[:, moves].T @ -x[unnamed]) / sv[moves]))
     out[idx] = scale * x
     return out
 
