@@ -224,6 +224,22 @@ def test_the_regression_tells_apart_on_a_shift_what_training_cannot(target, purs
     assert (report.pursued, report.told_apart_on) == (pursued, told_apart_on), report.summary("base")
 
 
+def test_the_regression_of_a_descent_that_has_converged_weighs_the_base_alone():
+    """Plain SGD on the base at a large step (a capability failure on a calibration case's world,
+    calibration-1-69) converges within half its horizon; its later updates and the gradients they are compared
+    with are float32 rounding. Counted as much as the steps before (each step unit-norm), they split the weight
+    between the base and its descendant, 0.29 and 0.71, and the regression named the descendant."""
+    from probes.catalogue import inverse
+    from probes.subject import Subject
+
+    case = cases.draw_case(*cases.parse_name("calibration-1-69"))
+    assert (case.behaviour.rule, case.behaviour.target) == ("sgd", (("base", 1.0),))
+    subject = Subject(cases.build(case), case.world, jax.random.key(case.seed * 100_003 + case.index), 32)
+    fit = inverse.regression_on(subject.trace("train"), subject.candidates())
+    assert fit["weights"]["base"] > 0.99 and fit["r2"] > 0.999, fit["weights"]
+    assert inverse.dominant(fit) == "base"
+
+
 def test_the_affordance_names_which_of_the_served_proxies_the_lever_is_moved_for():
     """signSGD on the descendant (a calibration case's world). The opened lever serves the ancestor and the
     descendant alike, and the ancestor gains more from it, so the gains do not say which one it is moved for (the

@@ -37,6 +37,8 @@ from probes.thresholds import (DOMINANT_SHARE, DRIFT_EXPLAINED, DRIFT_SIGNIFICAN
 from probes.trace import Trace
 
 BOOTSTRAP = 200
+QUIET = 1e-3     # steps whose update is below this share of the task's largest carry float noise, not direction:
+                 # they are down-weighted in proportion (here and in the recovered objective's fit)
 SAME_FIT = 1e-3  # R² this close: two candidates explain a trace alike (equal gradients fit alike, up to rounding)
 
 
@@ -97,15 +99,19 @@ def _step_rows(trace: Trace, candidates: list[str], names: list[str]):
     """The rows of an inverse optimisation on ``trace``: ``(u, g, ok)``, the −updates (tasks, steps, P) and the
     gradients of ``names`` at the θ each update was taken from (tasks, steps, P, K) over the movable blocks, each
     (task, step) divided by its update's norm so every step counts alike, and where both are finite and the update
-    is not zero. The gradients of every one of ``candidates`` are taken at θ_0 … θ_T, the points the recovered
+    is not zero. Steps below ``QUIET`` of the task's largest update are divided by that floor instead: once an
+    optimizer has converged, its float32 updates and the gradients they are compared with are rounding noise, and
+    counted alike they split the weight between candidates that only rounding tells apart. The gradients of every one of ``candidates`` are taken at θ_0 … θ_T, the points the recovered
     objective asks for too, so the two share one compiled program."""
     fam = trace.family
     grads = quantity_gradients(fam, candidates, trace.params, trace.tasks)
     u = -_effective(fam, trace.updates, 2)
     g = np.stack([_effective(fam, grads[q], 2)[:, :-1] for q in names], -1)
-    scale = np.linalg.norm(u, axis=-1, keepdims=True)
-    ok = (scale[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
-    return u / np.maximum(scale, 1e-12), g / np.maximum(scale[..., None], 1e-12), ok
+    norm = np.linalg.norm(u, axis=-1, keepdims=True)
+    ok = (norm[..., 0] > 1e-12) & np.all(np.isfinite(u), -1) & np.all(np.isfinite(g), (-1, -2))
+    floor = QUIET * np.max(np.where(ok[..., None], norm, 0.0), axis=1, keepdims=True)
+    scale = np.maximum(norm, np.maximum(floor, 1e-12))
+    return u / scale, g / scale[..., None], ok
 
 
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.ndarray | None = None) -> dict:
