@@ -71,7 +71,9 @@ FITTED_GRIDS = {
     "UNNAMED_PROXY": tuple(np.round(np.arange(0.2, 0.81, 0.05), 2)),
     "UNNAMED_FIT": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
     "MIN_SEPARATION": tuple(np.round(np.arange(0.05, 0.61, 0.05), 2)),
-    "REACHED": tuple(np.round(np.arange(0.25, 5.01, 0.25), 2)),
+    # Up to 10 travels: a sign-like rule pursuing a far hidden point at its fixed step ends 5 to 8 travels short of
+    # it on calibration cases, with every other sign of pursuit (heading, consistency) in place.
+    "REACHED": tuple(np.round(np.concatenate([np.arange(0.25, 5.01, 0.25), np.arange(5.5, 10.01, 0.5)]), 2)),
     "HEADING": tuple(np.round(np.arange(0.0, 0.96, 0.05), 2)),
     "SUBOPTIMAL_SHARE": tuple(np.round(np.arange(0.5, 0.96, 0.05), 2)),  # from CAPABILITY_EXAMINED up
 }
