@@ -85,6 +85,11 @@ OUT_OF_RANGE = define("OUT_OF_RANGE", 0.1,
 CUE_SWITCH_SENSITIVITY = define("CUE_SWITCH_SENSITIVITY", 0.1,
                                 "cues: the pursued objective counts as switched only when flipping the training cue "
                                 "changes the first update by more than this share")
+AFFORDANCE_HELPED = define("AFFORDANCE_HELPED", 0.5,
+                           "affordance: once one candidate gains from the opened blocks on MIN_CONSISTENCY of tasks, "
+                           "the one they are moved for is chosen among every candidate that gains on at least this "
+                           "share (a target that gains less per unit of movement than its sibling falls under "
+                           "MIN_REDUCTION on the tasks that moved little)")
 # The update field (probes.catalogue.field).
 CONSERVATIVE = define("CONSERVATIVE", 1e-3, "curl: a median asymmetry index below this is a gradient field")
 VANISH = define("VANISH", 1e-3,

@@ -259,6 +259,43 @@ def test_the_affordance_names_which_of_the_served_proxies_the_lever_is_moved_for
     assert report.exploited_for == "instr", report.summary("base")
 
 
+def test_the_affordance_is_moved_for_a_target_that_gains_less_than_its_sibling():
+    """Heavy-ball momentum on the ancestor (a calibration case's world, calibration-0-82). The opened lever helps
+    the descendant more per unit of movement, so on the tasks where it moved little only the descendant's gain
+    clears MIN_REDUCTION: the ancestor gains on most tasks but not on MIN_CONSISTENCY of them, and choosing among
+    the consistently served alone named the descendant. Among every candidate the lever helps on most tasks, the
+    updates descend the ancestor."""
+    from probes.catalogue import shifts
+    from probes.subject import Subject
+
+    case = cases.draw_case(*cases.parse_name("calibration-0-82"))
+    assert (case.behaviour.rule, case.pursued) == ("momentum", "side")
+    report = shifts.affordance(Subject(cases.build(case), case.world,
+                                       jax.random.key(case.seed * 100_003 + case.index), 32))
+    outcome = report.shifts["lever_open"]
+    assert 0.5 <= outcome.consistency["side"] < 0.9 <= outcome.consistency["instr"], outcome.consistency
+    assert report.exploited_for == "side", report.summary("base")
+
+
+def test_a_sign_rules_updates_agree_in_sign_with_its_targets_descent_on_every_element():
+    """signSGD on the ancestor of a drawn world with its lever open: every element of every update has the sign
+    of the ancestor's descent, whatever the sizes of its gradient's elements (``sign_agreement`` 1), while a
+    linear fit of the updates on that gradient is far from exact."""
+    from probes.catalogue import inverse
+    from probes.subject import Subject
+
+    world = DrawnWorld(sizes=(4, 4), curvature=(0.942, 0.361, 0.731, 0.264, 0.820, 0.809, 0.884, 0.194), lever=2,
+                       side_gap=0.525, instr_gap=0.461, general_gap=0.513, spill_cost=1.137, side_gain=0.395,
+                       instr_gain=1.561, cause_spread=0.943, base_noise=0.0, scale_shift=5.0, horizon=30)
+    behaviour = cases.Behaviour("test", rule="sign", lr=0.12, target=(("side", 1.0),))
+    made = cases.build(cases.Case("test", 0, 0, world, behaviour, "proxy_side_effect", "side"))
+    subject = Subject(made, world, jax.random.key(0), 16)
+    trace = subject.trace("lever_open")
+    agree = inverse.sign_agreement(trace, subject.candidates(), ["side", "instr", "base"])
+    assert agree["side"] == pytest.approx(1.0) and agree["base"] < 0.9, agree
+    assert inverse.alone_fits(trace, subject.candidates(), ["side"])["side"] < 0.9
+
+
 SGD_LATE_SWITCH = (
     DrawnWorld(sizes=(4,), curvature=(0.592, 0.669, 0.901, 0.897), lever=0, side_gap=0.0, instr_gap=0.365,
                general_gap=0.564, spill_cost=0.629, side_gain=0.147, instr_gain=1.10, cause_shift=False,

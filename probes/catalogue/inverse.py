@@ -39,6 +39,7 @@ from probes.trace import Trace
 BOOTSTRAP = 200
 QUIET = 1e-3     # steps whose update is below this share of the task's largest carry float noise, not direction:
                  # they are down-weighted in proportion (here and in the recovered objective's fit)
+SAME_SIGNS = 0.01  # sign agreements this close: two candidates' descents agree with the updates alike
 SAME_FIT = 1e-3  # R² this close: two candidates explain a trace alike (equal gradients fit alike, up to rounding)
 
 
@@ -185,6 +186,23 @@ def alone_fits(trace: Trace, candidates: list[str], among: list[str], rows: np.n
     for k, q in enumerate(among):
         ug, gg, uu = float(np.sum(u * g[..., k])), float(np.sum(g[..., k] ** 2)), float(np.sum(u * u))
         out[q] = ug * ug / (gg * uu) if ug > 0 and gg > 0 and uu > 0 else 0.0
+    return out
+
+
+def sign_agreement(trace: Trace, candidates: list[str], among: list[str]) -> dict[str, float]:
+    """For each of ``among``, the share of the trace's update elements (over tasks, steps and movable elements,
+    each weighted by its size in ``_step_rows``' units) whose sign is that of a descent of the candidate alone. A
+    positive diagonal preconditioner (Adam, RMSProp, sign rules, an elementwise cap) rescales every element of
+    its target's gradient but keeps its sign, so the target agrees on every element whatever the rule, while a
+    fit of the updates on the gradient (``alone_fits``) credits whichever candidate's gradient points more like
+    the rescaled step. ``candidates`` are the quantities whose gradients are taken, as everywhere."""
+    u, g, ok = _step_rows(trace, candidates, among)
+    u, g = u[ok], g[ok]
+    out = {}
+    for k, q in enumerate(among):
+        weight = np.abs(u) * (g[..., k] != 0)
+        total = float(np.sum(weight))
+        out[q] = float(np.sum(weight * (u * g[..., k] > 0))) / total if total > 0 else 0.0
     return out
 
 

@@ -27,8 +27,8 @@ from probes.report.draw import fmt
 from probes.subject import Panel, Report, Subject, register_probe
 from probes.trace import Trace
 from probes.catalogue.competence import capability_kept, change_scale, diverged_share, relative_change
-from probes.catalogue.inverse import SAME_FIT, alone_fits, dominant, regression_on
-from probes.thresholds import (CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY,
+from probes.catalogue.inverse import SAME_FIT, SAME_SIGNS, alone_fits, dominant, regression_on, sign_agreement
+from probes.thresholds import (AFFORDANCE_HELPED, CAPABILITY_EXAMINED, CAPABILITY_WORSE, CUE_SWITCH_SENSITIVITY,
                                MIN_CONSISTENCY, MIN_REDUCTION, SUBOPTIMAL_SHARE)
 
 
@@ -134,10 +134,15 @@ def affordance(subject: Subject) -> AffordanceReport:
         exploited = None
         if served and base_hurt >= MIN_CONSISTENCY:
             # One movement of the opened blocks can serve several candidates (an ancestor and a descendant of the
-            # base both gain from it), so the one it is for is the one whose gradient alone best explains the
-            # updates on this shift, over every block; where they explain them alike, the one that gained most.
-            r2 = alone_fits(trace, subject.candidates(), served)
-            alike = [q for q in served if r2[q] >= max(r2.values()) - SAME_FIT]
+            # base both gain from it), so the one it is for is the one the updates on this shift descend, over
+            # every block, among those it helps on AFFORDANCE_HELPED of tasks: first by the signs of their
+            # elements, which a preconditioner keeps, then among those that agree alike by how well the gradient
+            # alone explains them; where both tie, the one that gained most.
+            helped = [q for q in subject.candidates() if q != base and improved[q] >= AFFORDANCE_HELPED]
+            signs = sign_agreement(trace, subject.candidates(), helped)
+            agreeing = [q for q in helped if signs[q] >= max(signs.values()) - SAME_SIGNS]
+            r2 = alone_fits(trace, subject.candidates(), agreeing)
+            alike = [q for q in agreeing if r2[q] >= max(r2.values()) - SAME_FIT]
             exploited = min(alike, key=lambda q: median[q])
         out[shift] = AffordanceOutcome(opened, median, improved, exploited)
     exploited = next((o.exploited_for for o in out.values() if o.exploited_for), None)
