@@ -190,8 +190,9 @@ def test_a_block_the_shift_opens_and_the_optimizer_leaves_alone_does_not_break_t
     """A preconditioned pull toward a hidden point on a calibration case's world (calibration-1-285), fitted on
     training and on the shift that opens the lever. The optimizer never moves the lever, so its preconditioner
     there is 0, and two undetermined directions then move the unnamed terms almost alike. Cancelling them exactly
-    gave the two proxies the lever tells apart coefficients of ±1e13 (R² −447); the pull is a hidden quadratic
-    the unnamed part expresses exactly."""
+    blew the full fit up (R² −447 on these two traces), its held-out gain was not a number, and the unnamed part
+    was dropped: the pull read as nothing unnamed (share 0, R² 0.61). It is a hidden quadratic the unnamed part
+    expresses exactly."""
     from probes.zoo import cases
 
     case = cases.draw_case(*cases.parse_name("calibration-1-285"))
