@@ -102,8 +102,9 @@ def _step_rows(trace: Trace, candidates: list[str], names: list[str]):
     (task, step) divided by its update's norm so every step counts alike, and where both are finite and the update
     is not zero. Steps below ``QUIET`` of the task's largest update are divided by that floor instead: once an
     optimizer has converged, its float32 updates and the gradients they are compared with are rounding noise, and
-    counted alike they split the weight between candidates that only rounding tells apart. The gradients of every one of ``candidates`` are taken at θ_0 … θ_T, the points the recovered
-    objective asks for too, so the two share one compiled program."""
+    counted alike they split the weight between candidates that only rounding tells apart. The gradients of every
+    one of ``candidates`` are taken at θ_0 … θ_T, the points the recovered objective asks for too, so the two
+    share one compiled program."""
     fam = trace.family
     grads = quantity_gradients(fam, candidates, trace.params, trace.tasks)
     u = -_effective(fam, trace.updates, 2)
@@ -118,7 +119,7 @@ def _step_rows(trace: Trace, candidates: list[str], names: list[str]):
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.ndarray | None = None) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps (or over
     the (task, step) pairs where the boolean ``rows`` is true), each weighted by 1/‖update‖ so every step counts
-    alike. Returns weights normalised to Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition
+    alike (the quiet steps of a converged optimizer less, ``_step_rows``). Returns weights normalised to Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition
     number, and ``aliases``: candidates left out because their gradient vanishes (``None``), is parallel to a kept
     one's (its name) or is a fixed combination of kept ones' (the combination; ``named_aliases``)."""
     fam = trace.family
