@@ -119,9 +119,10 @@ def _step_rows(trace: Trace, candidates: list[str], names: list[str]):
 def regression_on(trace: Trace, candidates: list[str], seed: int = 0, rows: np.ndarray | None = None) -> dict:
     """Gradient regression of a trace's updates: ``−update ≈ Σ_k w_k ∇q_k`` pooled over tasks and steps (or over
     the (task, step) pairs where the boolean ``rows`` is true), each weighted by 1/‖update‖ so every step counts
-    alike (the quiet steps of a converged optimizer less, ``_step_rows``). Returns weights normalised to Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition
-    number, and ``aliases``: candidates left out because their gradient vanishes (``None``), is parallel to a kept
-    one's (its name) or is a fixed combination of kept ones' (the combination; ``named_aliases``)."""
+    alike (the quiet steps of a converged optimizer less, ``_step_rows``). Returns weights normalised to
+    Σ|w| = 1 with 90% bootstrap intervals over tasks, R², the Gram condition number, and ``aliases``: candidates
+    left out because their gradient vanishes (``None``), is parallel to a kept one's (its name) or is a fixed
+    combination of kept ones' (the combination; ``named_aliases``)."""
     fam = trace.family
     u, g, ok = _step_rows(trace, candidates, candidates)
     if rows is not None:
