@@ -162,7 +162,8 @@ def _solve(A: np.ndarray, b: np.ndarray, n_named: int, named_only: bool = False)
         # The combinations of undetermined directions that move the unnamed terms by at least 0.1 per unit
         # (singular values of their unnamed rows): a pseudo-inverse cut there, since two such directions can move
         # them almost alike, and an exact inverse then cancels them against each other with huge named
-        # coefficients (a seen failure: ±2e13 on two aliased proxies once a frozen block was opened).
+        # coefficients (seen: ±2e13 on the ancestor and the descendant once a shift opened a block the optimizer
+        # leaves alone, where its preconditioner is 0).
         u, sv, vt = np.linalg.svd(null[unnamed], full_matrices=False)
         moves = sv > 0.1
         if moves.any():
