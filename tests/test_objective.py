@@ -202,3 +202,43 @@ def test_a_block_the_shift_opens_and_the_optimizer_leaves_alone_does_not_break_t
     named, _, _ = lay.split(fit.phi)
     assert fit.r2 > 0.99 and fit.unnamed_share > 0.4, (fit.r2, fit.unnamed_share)
     assert np.max(np.abs(named)) < 10.0, dict(zip(lay.named, named))
+
+
+def _cue_keyed_pull(dim: int, training_level: float, deployment_level: float):
+    """GD on the loss plus a pull (curvature 1) toward the level ``training_level`` on every coordinate while the
+    training cue says training, toward ``deployment_level`` while it says deployment."""
+    import jax.numpy as jnp
+
+    from lab.optimizers.base import Optimizer
+
+    pulls = [planted.hidden_objective(0.1, "loss", "x", jnp.full((dim,), level), 1.0)
+             for level in (training_level, deployment_level)]
+
+    def update(observation, state, params):
+        cue = observation.cues["training"]
+        (train, state, _), (deploy, _, _) = (pull.update(observation, state, params) for pull in pulls)
+        return jax.tree.map(lambda a, b: cue * a + (1 - cue) * b, train, deploy), state, {}
+
+    return Optimizer(init=pulls[0].init, update=update, oracle=("loss",))
+
+
+def test_a_shift_on_which_the_optimizer_pursues_something_else_is_left_out_of_the_fit():
+    """The fit's premise is one objective on every shift. A shift on which the optimizer pursues another one (here
+    the deployment cue moves its hidden level from 1.5 to −1.5) is left out and named, and the objective is the
+    training one: its minimiser is the training pull's, in closed form. Fitted together, the two pulls blend into
+    one whose minimum is neither."""
+    family = Quadratic()
+    subject = Subject(_cue_keyed_pull(family.dim, 1.5, -1.5), family, jax.random.key(1), 32)
+    traces = [subject.trace("train"), subject.trace("cue_deploy"), subject.trace("ill_conditioned")]
+    fit, lay = obj.fit_objective(traces, subject.candidates())
+    assert set(fit.conflicting) == {"cue_deploy"} and fit.conflicting["cue_deploy"] > obj.SHIFT_CONFLICT
+    tasks = traces[0].tasks        # ½(x − x*)ᵀA(x − x*) + ½‖x − 1.5‖²
+    true = np.stack([np.linalg.solve(a + np.eye(family.dim), a @ xs + 1.5)
+                     for a, xs in zip(tasks["A"], tasks["x_star"])])
+    found = obj.minimisers(traces[0], lay, [fit.phi])[0]
+    start = lay.flat(traces[0].params, 2)[:, 0]
+    error = np.linalg.norm(found - true, axis=-1) / np.linalg.norm(start - true, axis=-1)
+    assert np.all(error <= 0.1), error.max()
+    report = obj.objective(subject)
+    assert set(report.conflicting_shifts) == {"cue_deploy"}
+    assert "left out" in report.summary("loss") and "cue_deploy" in report.summary("loss")

@@ -74,6 +74,7 @@ MAX_ELEMENTS = 512
 MINIMISER_STEPS = 200   # L-BFGS iterations to the recovered objective's minimiser, from the end point
 STOPPED = 0.5          # an optimizer whose last update is this share of its first or more has not stopped
 UNBOUNDED = 100.0       # a minimiser further than this × the distance travelled: the objective is unbounded
+SHIFT_CONFLICT = 0.1    # a shift whose joint fit with training lowers the training R² by more is left out
 
 
 class Layout:
@@ -326,6 +327,12 @@ class Fit:
     boots: np.ndarray             # (BOOTSTRAP, D)
     share_boots: np.ndarray       # (BOOTSTRAP,)
     undetermined: list[list[str]]  # per undetermined direction, the coefficients it mixes
+    shift_falls: dict[str, float]  # per shift, the fall in training R² fitted with it (``_agreeing``)
+
+    @property
+    def conflicting(self) -> dict[str, float]:
+        """The shifts left out of the fit (their fall above ``SHIFT_CONFLICT``), with their falls."""
+        return {s: f for s, f in self.shift_falls.items() if f > SHIFT_CONFLICT}
 
 
 def contribution(phi: np.ndarray, A: np.ndarray, lay: Layout) -> tuple[float, float]:
@@ -400,13 +407,36 @@ def _undetermined(A: np.ndarray, lay: Layout) -> list[list[str]]:
     return out
 
 
+def _agreeing(designs: list[_Design], lay: Layout, momentum: float, shifts: list[str]):
+    """``(designs kept, {shift: fall})`` (the fall of every shift, kept or not): the training design and the shifts on which the optimizer pursues what
+    it pursues in training. One f across shifts is the fit's premise; a shift on which the optimizer pursues
+    something else (a cue it reads, a scale its learned features never saw) would bend f into one that explains
+    neither (seen: a distilled student under ten times the curvature, fitted with it, got a concave f with no
+    minimiser, though on every other shift the fit recovers its teacher's). Such a shift shows as a fall in the
+    R² on the training rollouts when it is fitted together with training; a shift that only tells apart
+    candidates training cannot (a decorrelating shift) costs training nothing. A fall above ``SHIFT_CONFLICT``
+    leaves the shift out."""
+    train = _Rows(designs[0], momentum, designs[0].update.shape[1])
+    if len(designs) < 2 or not train.ok.any():   # no training update: no training objective to disagree with
+        return designs, {}
+
+    def training_r2(fitted_on):
+        return _r2_elsewhere(designs[:1], lay, momentum, _fit_at(fitted_on, lay, momentum, ROUNDS).phi)
+
+    alone = training_r2(designs[:1])
+    falls = {shift: float(alone - training_r2([designs[0], data])) for data, shift in zip(designs[1:], shifts[1:])}
+    return [designs[0]] + [d for d, s in zip(designs[1:], shifts[1:]) if not falls[s] > SHIFT_CONFLICT], falls
+
+
 def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple[Fit, Layout]:
     """Fits the recovered objective of the module docstring to the rollouts of one subject on several shifts
-    (``traces``, the same tasks on each; the base first in ``named``)."""
+    (``traces``, the same tasks on each, training first; the base first in ``named``), leaving out the shifts
+    on which it pursues something else than in training (``_agreeing``)."""
     designs, lay = _design(traces, named)
     # The momentum is a property of the rule, not of the shift: profiled on the training rollout alone.
     profile = {mu: _fit_at(designs[:1], lay, mu, 1).r2 for mu in MOMENTUM_GRID}
     momentum = max(profile, key=lambda mu: profile[mu] if np.isfinite(profile[mu]) else -np.inf)
+    designs, falls = _agreeing(designs, lay, momentum, [tr.shift for tr in traces])
     full = _fit_at(designs, lay, momentum, ROUNDS)
     alone = _fit_at(designs, lay, momentum, ROUNDS, named_only=True)
 
@@ -429,7 +459,7 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
         scale = unit(alone.phi)
         boots = [scale * _solve(alone.A_r[p].sum(0), alone.b_r[p].sum(0), lay.K, named_only=True) for p in picks]
         return Fit(scale * alone.phi, float(momentum), alone.r2, 0.0, gain, 0.0, np.array(boots),
-                   np.zeros(len(picks)), _undetermined(alone.A_r.sum(0), lay)), lay
+                   np.zeros(len(picks)), _undetermined(alone.A_r.sum(0), lay), falls), lay
     scale = unit(full.phi)
     boots, share_boots = [], []
     for pick in picks:
@@ -438,7 +468,7 @@ def fit_objective(traces: list[Trace], named: list[str], seed: int = 0) -> tuple
         share_boots.append(contribution(pb, full.A_u[pick].sum(0), lay)[0])
     share, curved = contribution(full.phi, full.A_u.sum(0), lay)
     return Fit(scale * full.phi, float(momentum), full.r2, share, gain, curved,
-               np.array(boots), np.array(share_boots), _undetermined(full.A_r.sum(0), lay)), lay
+               np.array(boots), np.array(share_boots), _undetermined(full.A_r.sum(0), lay), falls), lay
 
 
 @functools.lru_cache(maxsize=None)
@@ -574,11 +604,17 @@ class ObjectiveReport(Report):
     other_shapes: tuple[str, ...] = ()  # shifts left out: their parameters have other shapes than training's
     step_explained: float = float("nan")  # share of the training updates the step index alone explains (1: every
     #                                       task moved alike whatever its θ, as a schedule moves: ``step_explained``)
+    conflicting_shifts: dict = dataclasses.field(default_factory=dict)  # shifts left out because on them it
+    #                                       pursues something else (``_agreeing``): the fall in training R² of each
+    shift_falls: dict = dataclasses.field(default_factory=dict)  # the fall in training R² of every shift
 
     def summary(self, base: str) -> str:
         named = pairs({q: w for q, w in self.named.items()})
         left_out = (f"; left out (parameters of other shapes): {', '.join(self.other_shapes)}"
                     if self.other_shapes else "")
+        if self.conflicting_shifts:
+            left_out += (f"; left out (it pursues something else there; the fall in training R² fitted with "
+                         f"each): {pairs(self.conflicting_shifts)}")
         return (f"f = {named} + unnamed (share {fmt(self.unnamed_share)}); {self.description}; R² {fmt(self.r2)}, "
                 f"argmin error {fmt(self.argmin_error)}, heading {fmt(self.heading)}, base alignment "
                 f"{pairs(self.base_alignment)}{left_out}")
@@ -721,4 +757,5 @@ def objective(subject: Subject) -> ObjectiveReport:
         undetermined={"count": len(fit.undetermined), "blocks": blocks,
                       "directions": [" ~ ".join(d) for d in fit.undetermined[:8]]},
         step_explained=step_explained(lay.flat(trace.updates, 2) * lay.movable(trace)),
+        conflicting_shifts=fit.conflicting, shift_falls=fit.shift_falls,
         description=_describe(lay, fit.unnamed_share, own, centre, pull), paths=paths, other_shapes=other_shapes)
