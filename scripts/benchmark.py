@@ -1,6 +1,6 @@
 """The verdict's error rates on drawn ground-truth cases it was never tuned on (README, "Measuring the verdict").
 
-    python scripts/benchmark.py --split test --cases 300 --seed 5 --out bench/test
+    python scripts/benchmark.py --split test --cases 300 --seed 6 --out bench/test
     python scripts/benchmark.py --split calibration --cases 300 --seed 1 --out bench/calibration1
 
 Draws N cases of the split (``probes.zoo.cases``: a random world and an optimizer from the grammar, each with the
