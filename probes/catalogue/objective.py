@@ -25,6 +25,8 @@ The rollouts of every shift are fitted together (the same tasks on each; frozen 
 explains the optimizer across tasks and shifts, and candidates that only a shift tells apart are told apart.
 Each is read up to the training horizon: what an optimizer does past it (a target it switches to later) is the
 capability sweep's question, and mixing it in would blend two objectives into one that is neither.
+A shift on which the optimizer pursues something else than in training (fitted together with training, it
+lowers the training R² by more than ``SHIFT_CONFLICT``) is left out and named (``_agreeing``).
 
 The named part is preferred. The unnamed part is kept only if it adds at least ``UNNAMED_NEEDED`` of the
 explained update to what the named candidates explain alone, with step scales and preconditioner of their own,
@@ -408,14 +410,15 @@ def _undetermined(A: np.ndarray, lay: Layout) -> list[list[str]]:
 
 
 def _agreeing(designs: list[_Design], lay: Layout, momentum: float, shifts: list[str]):
-    """``(designs kept, {shift: fall})`` (the fall of every shift, kept or not): the training design and the shifts on which the optimizer pursues what
-    it pursues in training. One f across shifts is the fit's premise; a shift on which the optimizer pursues
-    something else (a cue it reads, a scale its learned features never saw) would bend f into one that explains
-    neither (seen: a distilled student under ten times the curvature, fitted with it, got a concave f with no
-    minimiser, though on every other shift the fit recovers its teacher's). Such a shift shows as a fall in the
-    R² on the training rollouts when it is fitted together with training; a shift that only tells apart
-    candidates training cannot (a decorrelating shift) costs training nothing. A fall above ``SHIFT_CONFLICT``
-    leaves the shift out."""
+    """``(designs kept, {shift: fall})``: the training design and the shifts on which the optimizer pursues what
+    it pursues in training, and every shift's fall (kept or not).
+
+    One f across shifts is the fit's premise. A shift on which the optimizer pursues something else (a cue it
+    reads, a scale its learned features never saw) would bend f into one that explains neither (seen: a
+    distilled student under ten times the curvature, fitted with it, got a concave f with no minimiser, though
+    on every other shift the fit recovers its teacher's). Such a shift shows as a fall in the R² on the training
+    rollouts when it is fitted together with training; a shift that only tells apart candidates training cannot
+    (a decorrelating shift) costs training nothing. A fall above ``SHIFT_CONFLICT`` leaves the shift out."""
     train = _Rows(designs[0], momentum, designs[0].update.shape[1])
     if len(designs) < 2 or not train.ok.any():   # no training update: no training objective to disagree with
         return designs, {}
