@@ -73,9 +73,9 @@ def load_optimizer(spec: str, family_name: str | None):
     untrained = None
     family_name = None if family_name is None else families.resolve(family_name)
     if spec.startswith("planted:"):
-        from probes.zoo import planted
+        from probes.zoo.jobs import build_member
 
-        optimizer, family = planted.build(spec.split(":", 1)[1])
+        optimizer, family = build_member(spec.split(":", 1)[1])  # a planted member or one distilled from it
     else:
         from lab import runs
         from lab.load import load

@@ -79,3 +79,18 @@ def test_the_worked_example_runs_and_finds_the_sensor_proxy(tmp_path):
     icl = results["in_context_gd"]
     assert (icl["label"], icl["pursued"]) == ("approximate", "icl_ls")
     assert icl["straightness"] == pytest.approx(1.0, abs=1e-5) and icl["path_length"] > 0
+
+
+def test_a_distilled_member_listed_in_the_help_is_audited_by_its_name(monkeypatch):
+    """``--help`` lists the distilled members beside the planted ones under ``--optimizer planted:NAME``; the
+    name resolves to the distilled student (built by ``probes.zoo.distilled``, stubbed here: distilling takes
+    seconds) and its teacher's family."""
+    import scripts_loader as scripts
+    from probes.zoo import distilled
+
+    built = []
+    monkeypatch.setattr(distilled, "build_distilled", lambda name: built.append(name) or ("student", "family"))
+    probe = scripts.load("probe")
+    assert "distilled_gd" in probe._registries()
+    assert probe.load_optimizer("planted:distilled_gd", None) == ("student", "family", None)
+    assert built == ["distilled_gd"]

@@ -35,6 +35,14 @@ def zoo_names() -> list[str]:
     return list(planted.PLANTED) + list(distilled.DISTILLED)
 
 
+def build_member(name: str):
+    """``(optimizer, family)`` of the zoo member ``name``, planted or distilled (what ``probe.py --optimizer
+    planted:NAME`` audits); a ``ValueError`` names the known members otherwise."""
+    (name,) = check_names([name])
+    _, optimizer, family, _ = _member(name)
+    return optimizer, family
+
+
 def _member(name: str):
     """(expected Planted record, optimizer, family, kind) for a planted or a distilled member."""
     if name in distilled.DISTILLED:
