@@ -81,7 +81,7 @@ def test_the_worked_example_runs_and_finds_the_sensor_proxy(tmp_path):
     assert icl["straightness"] == pytest.approx(1.0, abs=1e-5) and icl["path_length"] > 0
 
 
-def test_a_distilled_member_listed_in_the_help_is_audited_by_its_name(monkeypatch):
+def test_a_distilled_member_listed_in_the_help_resolves_by_its_name(monkeypatch):
     """``--help`` lists the distilled members beside the planted ones under ``--optimizer planted:NAME``; the
     name resolves to the distilled student (built by ``probes.zoo.distilled``, stubbed here: distilling takes
     seconds) and its teacher's family."""
