@@ -1,8 +1,8 @@
 """Running an optimizer on tasks of a family: the inner loop shared by meta-training, evaluation and probes.
 
 Everything here is a pure function of one task; callers ``vmap`` over tasks and place the ``jit``. ``unroll``
-is the one ``lax.scan`` over inner steps: evaluation, truncated meta-training, probe traces and distillation
-demonstrations all call it.
+is the inner loop, a ``lax.scan`` over inner steps: evaluation, truncated meta-training and distillation
+demonstrations call it; probe traces call ``run_steps``, its scan over step keys the caller holds.
 """
 
 from __future__ import annotations
@@ -85,11 +85,7 @@ def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax
     through the unroll by one step's activations per step.
     """
     if restart_after is None:
-        def body(s, k):
-            s, record = step(family, optimizer, s, k)
-            return s, keep(s, record)
-
-        return jax.lax.scan(jax.checkpoint(body) if remat else body, state, jax.random.split(key, steps))
+        return run_steps(family, optimizer, state, jax.random.split(key, steps), keep, remat=remat)
 
     k_fresh, k_steps = jax.random.split(key)
     count = -(-steps // restart_after)
@@ -106,6 +102,21 @@ def unroll(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax
     body = jax.checkpoint(body_with_resets) if remat else body_with_resets
     (state, _), out = jax.lax.scan(body, (state, jnp.zeros([], jnp.int32)), jax.random.split(k_steps, steps))
     return state, out
+
+
+def run_steps(family: TaskFamily, optimizer: Optimizer, state: InnerState, keys: jax.Array,
+              keep: Callable[[InnerState, StepRecord], Any] = lambda state, record: record, *,
+              remat: bool = False) -> tuple[InnerState, Any]:
+    """``len(keys)`` inner steps with ``lax.scan``, step ``i`` drawing from ``keys[i]``: ``unroll`` without
+    restarts, for callers that hold the step keys. Running a rollout's keys in consecutive slices, each from the
+    state the last one ended in, gives the same steps as one call: so one compiled program of a slice's length
+    serves rollouts of any multiple of it (``probes.trace.record``)."""
+
+    def body(s, k):
+        s, record = step(family, optimizer, s, k)
+        return s, keep(s, record)
+
+    return jax.lax.scan(jax.checkpoint(body) if remat else body, state, keys)
 
 
 def log_excess_ratio(state: InnerState, base: jax.Array, clip: float, floor: float | None = None) -> jax.Array:

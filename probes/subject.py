@@ -74,33 +74,6 @@ class Report:
         return []
 
 
-def scaled(optimizer: Optimizer | Parametric, multiplier: float) -> Optimizer | Parametric:
-    """``optimizer`` with every update multiplied by ``multiplier`` (the step-multiplier capability knob). The
-    same (optimizer or ``make``, multiplier) gives the same object or ``make``, so its compiled rollouts are
-    reused; a ``Parametric`` stays one (its arguments still traced)."""
-    opt, make, args = program_parts(optimizer)
-    if make is None:
-        return _scaled(opt, multiplier)
-    return Parametric(_scaled_make(make, multiplier), args)
-
-
-def _scale_updates(optimizer: Optimizer, multiplier: float) -> Optimizer:
-    def update(obs, state, params):
-        u, state, captures = optimizer.update(obs, state, params)
-        return jax.tree.map(lambda x: multiplier * x, u), state, captures
-
-    return optimizer._replace(update=update)
-
-
-_scaled = functools.lru_cache(maxsize=None)(_scale_updates)
-
-
-@functools.lru_cache(maxsize=None)
-def _scaled_make(make, multiplier: float):
-    """``args -> make(args)`` with its updates scaled: one function object per (make, multiplier)."""
-    return lambda args: _scale_updates(make(args), multiplier)
-
-
 # Every random draw of an audit comes from the subject's key. Rollouts use the key itself (the same task keys on
 # every shift, so shifts are compared on paired tasks); a probe that needs draws of its own takes a named
 # stream, derived here and nowhere else. The fold-in numbers are those the probes used before the streams had
@@ -178,15 +151,14 @@ class Subject:
         if cache_key not in self._traces:
             steps = int(round(self.family.shift(shift).horizon * horizon_mult))
             if (horizon_mult > 1 or step_mult != 1.0) and horizon_mult < LONGEST:
-                # Longer horizons and larger steps are read off one rollout of LONGEST × the horizon (one
-                # compiled program instead of one per setting; the same numbers, step keys being a prefix split).
+                # Longer horizons and larger steps are read off one rollout of LONGEST × the horizon (one rollout
+                # instead of one per setting; the same numbers, step keys being a prefix split).
                 longest = self.trace(shift, LONGEST, step_mult, captures, optimizer, name)
                 self._traces[cache_key] = longest.prefix(steps)
                 return self._traces[cache_key]
             opt = self.optimizer if optimizer is None else optimizer
-            if step_mult != 1.0:
-                opt = scaled(opt, step_mult)
-            self._traces[cache_key] = record(opt, self.family, self.key, self.tasks, steps, shift, captures)
+            self._traces[cache_key] = record(opt, self.family, self.key, self.tasks, steps, shift, captures,
+                                             step_mult=step_mult)
         return self._traces[cache_key]
 
     @functools.cached_property

@@ -72,49 +72,99 @@ def wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
     return any(name == c or (c.endswith("/") and name.startswith(c)) for c in captures)
 
 
+def scale_updates(optimizer: Optimizer, multiplier: jax.Array | float) -> Optimizer:
+    """``optimizer`` with every update multiplied by ``multiplier`` (the capability sweep's step multiplier;
+    inside ``record``'s programs a traced scalar, so every multiplier shares one program, 1.0 included)."""
+
+    def update(obs, state, params):
+        u, state, captures = optimizer.update(obs, state, params)
+        return jax.tree.map(lambda x: multiplier * x, u), state, captures
+
+    return optimizer._replace(update=update)
+
+
 @functools.lru_cache(maxsize=None)
-def _recorder(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None, steps: int,
-              captures: tuple[str, ...] | bool, keep_params: bool):
-    """The jitted ``(task keys, args, family numbers) -> (quantities, updates, captures, params, tasks)`` of
-    ``record``, made once per (family skeleton, optimizer or ``make``, steps, capture filter, keep_params) and
-    reused by every probe, shift, seed and audit that asks for the same structure (``jit`` itself caches per
-    shape: the number of tasks). Shifts that change only a family's traced fields share it."""
+def _starter(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None):
+    """The jitted ``(task keys, args, family numbers) -> (start states, quantities at θ_0, run keys)`` of
+    ``record``, made once per (family skeleton, optimizer or ``make``)."""
+
+    def one(k, args, numbers):
+        family = rebuilt(skeleton, numbers)
+        k_start, k_run = jax.random.split(k)
+        state = rollout.start(family, built(optimizer, make, args), k_start)
+        # Strongly typed, as a scan returns its carry: a weakly typed start (optax's zero states) would make the
+        # first piece's program another one than the later pieces'.
+        state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if x.aval.weak_type else x, state)
+        return state, family.quantities(state.params, state.task), k_run
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _step_keys(run_keys: jax.Array, steps: int) -> jax.Array:
+    """Per task, the data of ``split(run key, steps)``, the rollout's step keys: (tasks, steps, key words), plain
+    integers that the host cuts into pieces without a program per piece."""
+    return jax.random.key_data(jax.vmap(lambda k: jax.random.split(k, steps))(run_keys))
+
+
+@functools.lru_cache(maxsize=None)
+def _recorder(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None,
+              captures: tuple[str, ...] | bool, keep_params: bool, key_impl: str):
+    """The jitted ``(states, step key data, args, family numbers, step multiplier) -> (states, (quantities,
+    updates, captures, params))`` of ``record``: the steps of one piece of a rollout, made once per (family
+    skeleton, optimizer or ``make``, capture filter, keep_params, random number generator) and reused by every
+    probe, shift, seed and audit that asks for the same structure (``jit`` itself caches per shape: the number of
+    tasks and of steps in a piece). Shifts that change only a family's traced fields share it, and so do step
+    multipliers."""
 
     def keep(state: rollout.InnerState, r: rollout.StepRecord):
         kept = {k: v for k, v in r.captures.items() if wanted(captures, k)}
         return r.quantities, (r.update if keep_params else {}), kept, (state.params if keep_params else {})
 
-    def one(k, args, numbers):
-        family = rebuilt(skeleton, numbers)
-        opt = built(optimizer, make, args)
-        k_start, k_run = jax.random.split(k)
-        state = rollout.start(family, opt, k_start)
-        q0 = family.quantities(state.params, state.task)
-        _, (qs, ups, caps, ps) = rollout.unroll(family, opt, state, k_run, steps, keep)
-        qs = {n: jnp.concatenate([q0[n][None], qs[n]]) for n in qs}
-        ps = {n: jnp.concatenate([state.params[n][None], ps[n]]) for n in ps} if keep_params else {}
-        return qs, ups, caps, ps, state.task
+    def one(state, key_data, args, numbers, multiplier):
+        opt = scale_updates(built(optimizer, make, args), multiplier)
+        keys = jax.random.wrap_key_data(key_data, impl=key_impl)
+        return rollout.run_steps(rebuilt(skeleton, numbers), opt, state, keys, keep)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None)))
+
+
+def piece_length(horizon: int, steps: int) -> int:
+    """The steps ``record`` compiles one program for: the (unshifted) family's horizon where it divides
+    ``steps``, so rollouts of 1, 4 and 10 horizons, and a shift that lengthens the horizon, run one program;
+    else all ``steps``."""
+    return horizon if steps and horizon > 0 and steps % horizon == 0 else steps
 
 
 def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array, tasks: int = 32,
            steps: int | None = None, shift: str = "train", captures: Sequence[str] | bool = False,
-           keep_params: bool = True) -> Trace:
+           keep_params: bool = True, step_mult: float = 1.0) -> Trace:
     """Runs ``optimizer`` on ``tasks`` tasks of ``family.shift(shift)`` for ``steps`` steps (default: that
-    family's horizon) and records what probes read.
+    family's horizon), every update multiplied by ``step_mult``, and records what probes read.
 
     ``captures``: ``False`` keeps none, ``True`` all, or a list of names or name prefixes ending in ``/`` to keep
     (long unrolls should keep only what a probe needs). ``keep_params=False`` drops θ and updates.
-    The compiled rollout is cached per (shifted family up to its traced fields, optimizer, steps, captures,
-    keep_params): pass the same ``Optimizer`` object (or a ``Parametric`` with the same ``make``) to reuse it.
+    The compiled programs are cached per (shifted family up to its traced fields, optimizer, captures,
+    keep_params): pass the same ``Optimizer`` object (or a ``Parametric`` with the same ``make``) to reuse them.
+    The rollout runs in pieces of ``family``'s horizon (``piece_length``), each piece from the state the last
+    ended in, so one program serves every length that is a multiple of it, and the numbers are those of one
+    unbroken scan.
     """
     fam = family.shift(shift)
-    steps = fam.horizon if steps is None else steps
+    steps = int(fam.horizon if steps is None else steps)
     captures = captures if isinstance(captures, bool) else tuple(captures)
     opt, make, args = program_parts(optimizer)
     skeleton, numbers = family_parts(fam)
-    run = _recorder(skeleton, opt, make, int(steps), captures, keep_params)
-    qs, ups, caps, ps, task = run(jax.random.split(key, tasks), args, numbers)
-    to_np = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-    return Trace(fam, shift, to_np(ps), to_np(ups), to_np(qs), to_np(caps), to_np(task))
+    state, q0, run_keys = _starter(skeleton, opt, make)(jax.random.split(key, tasks), args, numbers)
+    params0 = state.params
+    run = _recorder(skeleton, opt, make, captures, keep_params, jax.random.key_impl(key))
+    key_data, piece = np.asarray(_step_keys(run_keys, steps)), piece_length(family.horizon, steps)
+    pieces = []
+    for first in range(0, steps, piece) if steps else (0,):
+        state, out = run(state, key_data[:, first:first + piece], args, numbers, np.float32(step_mult))
+        pieces.append(jax.tree.map(np.asarray, out))
+    qs, ups, caps, ps = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
+    qs = {n: np.concatenate([np.asarray(q0[n])[:, None], qs[n]], axis=1) for n in qs}
+    if keep_params:
+        ps = {n: np.concatenate([np.asarray(params0[n])[:, None], ps[n]], axis=1) for n in ps}
+    return Trace(fam, shift, ps, ups, qs, caps, jax.tree.map(np.asarray, state.task))

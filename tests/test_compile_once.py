@@ -147,3 +147,38 @@ def test_shifts_that_change_only_traced_numbers_share_one_program():
     # The same tasks and starts with every curvature ten times larger: the first loss is ten times the training one.
     np.testing.assert_allclose(scaled.base[:, 0], 10 * train.base[:, 0], rtol=1e-5)
     np.testing.assert_allclose(cue.base, train.base, rtol=1e-6)  # sgd reads no cue
+
+
+def test_rollouts_of_several_horizons_and_step_multipliers_share_one_program_and_equal_one_scan():
+    """``record`` runs a rollout in pieces of the family's horizon, each from the state the last ended in, with
+    the step multiplier an argument: once one length has run, 4 × the horizon and doubled steps lower nothing
+    but the step keys of the new length; and the pieces give the numbers of one unbroken ``lab.rollout.unroll``
+    over the same keys."""
+    from lab import families, rollout
+    from lab.optimizers import handwritten
+    from probes.trace import record
+
+    family = families.make("quadratic")
+    horizon, key = family.horizon, jax.random.key(5)
+    opt = handwritten.momentum(0.05, 0.9)
+    record(opt, family, key, tasks=4, steps=10 * horizon)
+    with counting() as counts:
+        pieces = record(opt, family, key, tasks=4, steps=4 * horizon)
+        doubled = record(opt, family, key, tasks=4, steps=4 * horizon, step_mult=2.0)
+    assert counts[LOWERED] == 1  # the split into 4 × horizon step keys, a program of the key words only
+
+    @jax.jit
+    def one_scan(keys, learning_rate):
+        def one(k):
+            k_start, k_run = jax.random.split(k)
+            sgd = handwritten.momentum(learning_rate, 0.9)
+            state = rollout.start(family, sgd, k_start)
+            return rollout.unroll(family, sgd, state, k_run, 4 * horizon, lambda s, r: r.quantities)[1]
+        return jax.vmap(one)(keys)[family.base]
+
+    keys = jax.random.split(key, 4)
+    np.testing.assert_allclose(pieces.base[:, 1:], one_scan(keys, 0.05), rtol=1e-6)
+    # Momentum's update is its learning rate times its trace, so doubled steps are momentum at 2 × 0.05 (up to
+    # where XLA rounds the product).
+    np.testing.assert_allclose(doubled.base[:, 1:], one_scan(keys, 0.1), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(doubled.base, pieces.base)
