@@ -65,6 +65,14 @@ class Trace:
                                    quantities=first(self.quantities, steps + 1), captures=first(self.captures, steps))
 
 
+    def first_tasks(self, n: int) -> Trace:
+        """The first ``n`` tasks (all of them if there are fewer)."""
+        head = lambda tree: jax.tree.map(lambda a: a[:n], tree)  # noqa: E731
+        return dataclasses.replace(self, params=head(self.params), updates=head(self.updates),
+                                   quantities=head(self.quantities), captures=head(self.captures),
+                                   tasks=head(self.tasks))
+
+
 def wanted(captures: tuple[str, ...] | bool, name: str) -> bool:
     """Whether ``record``'s capture filter keeps the capture ``name``."""
     if isinstance(captures, bool):
