@@ -109,16 +109,17 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
     from probes.zoo import jobs as zoo, scenarios
 
     start = time.time()
-    jobs = [(zoo.learned_job, (name, seed, str(args.out), args.quick, args.tasks))
+    # Every job draws its own section of the page (zoo.Rendered): in the worker processes, side by side.
+    jobs = [(zoo.Rendered(zoo.learned_job), (name, seed, str(args.out), args.quick, args.tasks))
             for name in learned for seed in range(args.seeds)]
-    jobs += [(zoo.family_job, (spec, seed, str(args.out), args.quick, args.tasks))
+    jobs += [(zoo.Rendered(zoo.family_job), (spec, seed, str(args.out), args.quick, args.tasks))
              for spec in own for seed in range(args.seeds)]
     if args.incontext:  # under --quick only the one-layer model
         from probes.zoo import incontext
 
         models = incontext.suite(args.quick)[:1] if args.quick else incontext.suite(args.quick)
-        jobs += [(incontext.incontext_job, (m.name, 0, str(args.out), args.quick)) for m in models]
-    jobs += [(zoo.planted_job, (name, 0, args.tasks)) for name in planted]
+        jobs += [(zoo.Rendered(incontext.incontext_job), (m.name, 0, str(args.out), args.quick)) for m in models]
+    jobs += [(zoo.Rendered(zoo.planted_job), (name, 0, args.tasks)) for name in planted]
     workers = args.jobs or zoo.default_workers()
     console.print(f"{len(jobs)} jobs: {(len(learned) + len(own)) * args.seeds} learned scenarios (meta-trained, or "
                   f"reused from {args.out / 'runs'}){', the in-context models' if args.incontext else ''} and "
@@ -127,7 +128,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
     bars = report.progress(console=console)  # the finished jobs' lines print above the bar
     bar = bars.add_task("zoo jobs (meta-training first, then audits)", total=len(jobs))
 
-    def done(i, result):  # every job returns (Entry, Verdict, traces or None)
+    def done(i, result):  # every job returns (Entry, Verdict, its page section)
         entry = result[0]
         tail = f" (expected {entry.expected} / {entry.expected_pursued or 'any'})" if not entry.correct else ""
         reused = " (reused run)" if entry.details.get("reused") else ""
@@ -142,8 +143,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     entries = [entry for entry, _, _ in results]
-    sections = [report.zoo_entry_html(entry, verdict, traces, figures=traces is not None)
-                for entry, verdict, traces in results]
+    sections = [section for _, _, section in results]
 
     def accuracy(hypotheses: bool | None = None):
         """Over every entry, or only those whose expectation is a hypothesis (learned, in-context) or a known

@@ -2,13 +2,14 @@
 meta-trained scenarios of ``probes.zoo.scenarios``), and scoring the verdicts against them.
 
 Every entry is one independent job, ``planted_job``, ``learned_job`` or ``incontext_job``, returning
-``(Entry, Verdict, traces or None)`` (``probes.zoo.entry``); ``run_jobs`` runs a list of them in order, in this
-process or spread over worker processes (one XLA compilation at a time per process, so on a CPU with several
-cores the zoo finishes sooner).
+``(Entry, Verdict, traces or None)`` (``probes.zoo.entry``), or, wrapped in ``Rendered``, ``(Entry, Verdict, its
+page section)``; ``run_jobs`` runs a list of them in order, in this process or spread over worker processes (one
+XLA compilation at a time per process, so on a CPU with several cores the zoo finishes sooner).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -114,6 +115,27 @@ def family_job(spec: str, seed: int, root: str, quick: bool = False, tasks: int 
     scenario = scenarios.for_family(families.resolve(spec))
     entry, verdict, subject = scenarios.audit_scenario(scenario, seed, root, quick, tasks)
     return entry, verdict, (subject_traces(subject) if figures else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    """A job that returns ``(entry, verdict, traces or None)``, run so that it returns ``(entry, verdict,
+    section)`` instead: its zoo page section (``probes.report.zoo_entry_html``, with figures when it recorded
+    traces) drawn where the job ran. In ``run_jobs``'s worker processes the figures of the entries are then drawn
+    side by side, and while other jobs run, rather than one after another once all have finished (a third of a
+    warm ``zoo.py --quick``), and no traces travel back to the parent."""
+
+    job: Callable[..., tuple[Entry, Verdict, dict | None]]
+
+    @property
+    def __name__(self) -> str:  # what run_jobs names in its one-line errors: the job itself
+        return self.job.__name__
+
+    def __call__(self, *args) -> tuple[Entry, Verdict, str]:
+        from probes import report
+
+        entry, verdict, traces = self.job(*args)
+        return entry, verdict, report.zoo_entry_html(entry, verdict, traces, figures=traces is not None)
 
 
 # How often a worker process checks that the process that started it is alive (``_worker_start``).
