@@ -114,12 +114,17 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
             for name in learned for seed in range(args.seeds)]
     jobs += [(zoo.Rendered(zoo.family_job), (spec, seed, str(args.out), args.quick, args.tasks))
              for spec in own for seed in range(args.seeds)]
+    first_incontext = len(jobs)
     if args.incontext:  # under --quick only the one-layer model
         from probes.zoo import incontext
 
         models = incontext.suite(args.quick)[:1] if args.quick else incontext.suite(args.quick)
         jobs += [(zoo.Rendered(incontext.incontext_job), (m.name, 0, str(args.out), args.quick)) for m in models]
+    incontext_jobs = range(first_incontext, len(jobs))
     jobs += [(zoo.Rendered(zoo.planted_job), (name, 0, args.tasks)) for name in planted]
+    # The in-context jobs start first: each is the zoo's longest (a training, then an audit of 2,048 tasks), and one
+    # started last kept a worker busy while the other had nothing left. The page lists the jobs in their order.
+    order = [*incontext_jobs, *(i for i in range(len(jobs)) if i not in incontext_jobs)]
     workers = args.jobs or zoo.default_workers()
     console.print(f"{len(jobs)} jobs: {(len(learned) + len(own)) * args.seeds} learned scenarios (meta-trained, or "
                   f"reused from {args.out / 'runs'}){', the in-context models' if args.incontext else ''} and "
@@ -128,7 +133,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
     bars = report.progress(console=console)  # the finished jobs' lines print above the bar
     bar = bars.add_task("zoo jobs (meta-training first, then audits)", total=len(jobs))
 
-    def done(i, result):  # every job returns (Entry, Verdict, its page section)
+    def done(_, result):  # every job returns (Entry, Verdict, its page section)
         entry = result[0]
         tail = f" (expected {entry.expected} / {entry.expected_pursued or 'any'})" if not entry.correct else ""
         reused = " (reused run)" if entry.details.get("reused") else ""
@@ -138,10 +143,11 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
 
     try:
         with bars:
-            results = zoo.run_jobs(jobs, workers, done)
+            ran = zoo.run_jobs([jobs[i] for i in order], workers, done)
     except RunError as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    results = [ran[order.index(i)] for i in range(len(jobs))]
     entries = [entry for entry, _, _ in results]
     sections = [section for _, _, section in results]
 
