@@ -47,15 +47,18 @@ def observe(family: TaskFamily, optimizer: Optimizer, params: Params, task: Task
     return obs
 
 
-def start(family: TaskFamily, optimizer: Optimizer, key: jax.Array, task: Task | None = None) -> InnerState:
-    """A fresh task (drawn from ``key`` unless given) at fresh parameters, step 0."""
+def start(family: TaskFamily, optimizer: Optimizer | None, key: jax.Array, task: Task | None = None) -> InnerState:
+    """A fresh task (drawn from ``key`` unless given) at fresh parameters, step 0. ``optimizer`` ``None`` leaves
+    the optimizer state empty (``()``), for a caller that starts one family's tasks for several optimizers and
+    adds each one's ``init(params)`` itself (``probes.trace``)."""
     k_task, k_init = jax.random.split(key)
     task = family.sample(k_task) if task is None else task
     params = family.init(k_init, task)
     minimum = family.minimum(task)
     floor = jnp.zeros([]) if minimum is None else jnp.asarray(minimum, jnp.float32)
     base0 = family.base_value(params, task) - floor
-    return InnerState(params, optimizer.init(params), task, jnp.zeros([], jnp.int32), base0, floor)
+    opt_state = () if optimizer is None else optimizer.init(params)
+    return InnerState(params, opt_state, task, jnp.zeros([], jnp.int32), base0, floor)
 
 
 def step(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.Array) -> tuple[InnerState, StepRecord]:

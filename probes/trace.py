@@ -91,21 +91,32 @@ def scale_updates(optimizer: Optimizer, multiplier: jax.Array | float) -> Optimi
     return optimizer._replace(update=update)
 
 
-@functools.lru_cache(maxsize=None)
-def _starter(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable | None):
-    """The jitted ``(task keys, args, family numbers) -> (start states, quantities at θ_0, run keys)`` of
-    ``record``, made once per (family skeleton, optimizer or ``make``)."""
+def _strong(tree):
+    """``tree`` strongly typed, as a scan returns its carry: a weakly typed start (optax's zero states) would make
+    the first piece's program another one than the later pieces'."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if x.aval.weak_type else x, tree)
 
-    def one(k, args, numbers):
+
+@functools.lru_cache(maxsize=None)
+def _starter(skeleton: TaskFamily):
+    """The jitted ``(task keys, family numbers) -> (start states without an optimizer state, quantities at θ_0, run
+    keys)`` of ``record``, made once per family skeleton: the subject and every reference optimizer run on the
+    same tasks from one program."""
+
+    def one(k, numbers):
         family = rebuilt(skeleton, numbers)
         k_start, k_run = jax.random.split(k)
-        state = rollout.start(family, built(optimizer, make, args), k_start)
-        # Strongly typed, as a scan returns its carry: a weakly typed start (optax's zero states) would make the
-        # first piece's program another one than the later pieces'.
-        state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if x.aval.weak_type else x, state)
-        return state, family.quantities(state.params, state.task), k_run
+        state = rollout.start(family, None, k_start)
+        return _strong(state), family.quantities(state.params, state.task), k_run
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=None)
+def _initial(optimizer: Optimizer | None, make: Callable | None):
+    """The jitted ``(parameters, args) -> optimizer states`` (``init``) of ``record``, per optimizer or ``make``."""
+    return jax.jit(jax.vmap(lambda params, args: _strong(built(optimizer, make, args).init(params)),
+                            in_axes=(0, None)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -163,8 +174,8 @@ def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array
     captures = captures if isinstance(captures, bool) else tuple(captures)
     opt, make, args = program_parts(optimizer)
     skeleton, numbers = family_parts(fam)
-    state, q0, run_keys = _starter(skeleton, opt, make)(jax.random.split(key, tasks), args, numbers)
-    params0 = state.params
+    state, q0, run_keys = _starter(skeleton)(jax.random.split(key, tasks), numbers)
+    state, params0 = state._replace(opt_state=_initial(opt, make)(state.params, args)), state.params
     run = _recorder(skeleton, opt, make, captures, keep_params, jax.random.key_impl(key))
     key_data, piece = np.asarray(_step_keys(run_keys, steps)), piece_length(family.horizon, steps)
     pieces = []
