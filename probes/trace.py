@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lab import rollout
@@ -63,7 +62,6 @@ class Trace:
         first = lambda tree, n: jax.tree.map(lambda a: a[:, :n], tree)  # noqa: E731
         return dataclasses.replace(self, params=first(self.params, steps + 1), updates=first(self.updates, steps),
                                    quantities=first(self.quantities, steps + 1), captures=first(self.captures, steps))
-
 
     def first_tasks(self, n: int) -> Trace:
         """The first ``n`` tasks (all of them if there are fewer)."""
@@ -150,8 +148,9 @@ def _recorder(skeleton: TaskFamily, optimizer: Optimizer | None, make: Callable 
 
 def piece_length(horizon: int, steps: int) -> int:
     """The steps ``record`` compiles one program for: the (unshifted) family's horizon where it divides
-    ``steps``, so rollouts of 1, 4 and 10 horizons, and a shift that lengthens the horizon, run one program;
-    else all ``steps``."""
+    ``steps``, so rollouts of 1, 4 and 10 horizons run one program; else all ``steps``. (A shift that lengthens
+    the horizon is another family skeleton, so its programs are other cache entries of the same text: jax's
+    persistent cache, where it is on, serves them.)"""
     return horizon if steps and horizon > 0 and steps % horizon == 0 else steps
 
 
