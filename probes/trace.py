@@ -177,11 +177,11 @@ def record(optimizer: Optimizer | Parametric, family: TaskFamily, key: jax.Array
     state, params0 = state._replace(opt_state=_initial(opt, make)(state.params, args)), state.params
     run = _recorder(skeleton, opt, make, captures, keep_params, jax.random.key_impl(key))
     key_data, piece = np.asarray(_step_keys(run_keys, steps)), piece_length(family.horizon, steps)
-    pieces = []
+    pieces = []  # kept on the device until the last piece is dispatched: no wait on the host between pieces
     for first in range(0, steps, piece) if steps else (0,):
         state, out = run(state, key_data[:, first:first + piece], args, numbers, np.float32(step_mult))
-        pieces.append(jax.tree.map(np.asarray, out))
-    qs, ups, caps, ps = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *pieces)
+        pieces.append(out)
+    qs, ups, caps, ps = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=1), *pieces)
     qs = {n: np.concatenate([np.asarray(q0[n])[:, None], qs[n]], axis=1) for n in qs}
     if keep_params:
         ps = {n: np.concatenate([np.asarray(params0[n])[:, None], ps[n]], axis=1) for n in ps}
