@@ -77,9 +77,9 @@ def test_second_audit_of_an_in_context_learner_compiles_nothing_new():
 
     family = ICLFamily()
     optimizer = gdpp(6.06, 0.0, family)
-    first = audit(optimizer, family, seed=0, tasks=256)
+    first = audit(optimizer, family, seed=0, tasks=64)
     with counting() as counts:
-        again = audit(optimizer, family, seed=0, tasks=256)
+        again = audit(optimizer, family, seed=0, tasks=64)
     assert counts == {LOWERED: 0, COMPILED: 0}
     assert again.to_json() == first.to_json()
 

@@ -229,7 +229,7 @@ def test_general_probes_run_on_an_in_context_learner():
     fam = ICLFamily()
     (eta,), _ = R.gd_optimum(fam, 1)
     opt = L.attention(*gd_lsa(fam.dim, eta), ModelSpec("lsa", 1), fam)
-    v = audit(opt, fam, tasks=128)
+    v = audit(opt, fam, tasks=64)
     assert (v.label, v.pursued) == ("approximate", "icl_ls")
     assert v.reports["gradient_regression"].pursued == "icl_ls"
     assert v.reports["capability"].settings[2][0] == 10  # ten loops
@@ -310,7 +310,7 @@ def test_script_writes_a_run_folder_that_probe_py_audits(tmp_path):
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "summary.json"}
     assert json.loads((run / "config.json").read_text())["kind"] == "incontext"
     probe = scripts.load("probe")
-    assert probe.main(["--optimizer", str(run), "--tasks", "128", "--out", str(tmp_path / "report")]) == 0
+    assert probe.main(["--optimizer", str(run), "--tasks", "64", "--out", str(tmp_path / "report")]) == 0
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["family"] == "incontext"
     assert {"icl_alignment", "icl_shifts", "gradient_regression", "capability"} <= set(data["reports"])
