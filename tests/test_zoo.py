@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -138,6 +139,23 @@ def test_the_schedule_keeps_a_worker_on_its_group_and_then_takes_the_largest_fre
     assert [schedule.next(0), schedule.next(1)] == [3, None]  # every group left is taken: it helps with b
     plain = zoo.Schedule([None] * 3, 2)   # no groups: the jobs' order
     assert [plain.next(1), plain.next(0), plain.next(1), plain.next(0)] == [0, 1, 2, None]
+
+
+def test_the_planted_zoo_keeps_each_members_seeds_on_one_worker(monkeypatch):
+    """``audit_planted`` on two workers: each worker audits every seed of one member (whose programs it then
+    compiles once) instead of two workers starting the same member's first seeds together."""
+    ran = {0: [], 1: []}
+
+    def scheduled(jobs, workers, on_done=None, groups=None):  # run_jobs's order of work, without processes
+        schedule = zoo.Schedule(groups if groups is not None else [None] * len(jobs), workers)
+        for _ in jobs:
+            worker = min(ran, key=lambda w: len(ran[w]))
+            ran[worker].append(jobs[schedule.next(worker)][1][:2])
+        return [(SimpleNamespace(correct=True), None, None)] * len(jobs)
+
+    monkeypatch.setattr(zoo, "run_jobs", scheduled)
+    zoo.audit_planted(["gd", "gd_wipes"], seeds=range(3), workers=2)
+    assert sorted(ran.values()) == [[("gd", s) for s in range(3)], [("gd_wipes", s) for s in range(3)]]
 
 
 def test_run_jobs_with_groups_returns_results_in_job_order():

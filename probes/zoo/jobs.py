@@ -268,8 +268,12 @@ def audit_planted(names: Iterable[str] | None = None, seeds: Iterable[int] = (0,
     ``{"accuracy": float, "entries": [Entry, ...]}`` with the entries of ``planted_job`` (``to_json`` them for a
     file)."""
     names = check_names(zoo_names() if names is None else names)  # unknown names fail before any work
+    seeds = list(seeds)
     jobs = [(planted_job, (name, seed, tasks)) for name in names for seed in seeds]
     done = None if on_entry is None else (lambda i, result: on_entry(result[0], result[1]))
-    entries = [entry for entry, _, _ in run_jobs(jobs, workers, done)]
+    # A member's seeds to one worker, which compiles its programs once: in the jobs' order two workers started
+    # the same member's first two seeds together, and each compiled every program of it.
+    groups = [name for name in names for _ in seeds]
+    entries = [entry for entry, _, _ in run_jobs(jobs, workers, done, groups=groups)]
     accuracy = sum(e.correct for e in entries) / len(entries) if entries else float("nan")
     return {"accuracy": accuracy, "entries": entries}
