@@ -15,9 +15,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # One persistent compilation cache for the session, as a user's commands share theirs: scripts run in child
-# processes (as a user runs them) and this process both use it. The suite drops its compiled programs after each
-# module (``_release_compiled_programs``), and a later module that needs one of them loads it from disk instead
-# of compiling it again; pytest-xdist workers load what the other compiled. Under pytest-xdist the controller
+# processes (as a user runs them) and this process both use it. A worker drops its compiled programs once it
+# holds many (``_release_compiled_programs``), and a later module that needs one of them loads it from disk
+# instead of compiling it again; pytest-xdist workers load what the other compiled. Under pytest-xdist the controller
 # makes the folder before it starts its workers, and they inherit it; the controller removes it at its exit.
 if "PYTEST_XDIST_WORKER" not in os.environ or "MESA_LAB_COMPILE_CACHE" not in os.environ:
     os.environ["MESA_LAB_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mesa-lab-test-compile-cache-")
@@ -54,13 +54,33 @@ def key():
     return jax.random.key(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """After each test module, drops the lab's cached factories and JAX's caches. Within a process the lab keeps
-    every compiled program it may reuse (``functools.lru_cache`` factories); over a whole suite of distinct
-    families and optimizers those would pile up until XLA:CPU cannot map more code (each executable holds
-    several memory mappings, and the kernel caps a process at ``vm.max_map_count``) and aborts mid-compile."""
-    yield
+def _memory_maps() -> int | None:
+    """How many memory mappings this process holds (Linux's /proc), or ``None`` where that cannot be read."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def _max_map_count() -> int:
+    """The kernel's cap on a process's memory mappings (Linux's default where it cannot be read)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+# Compiled programs are kept across modules until the process holds a quarter of its cap on mappings (one
+# module of this suite adds at most about 6,000): a module that needs a program an earlier one compiled then
+# neither traces nor loads it again, as it did when every module released them.
+_MAPS_KEPT = _max_map_count() // 4
+
+
+def release_compiled_programs() -> None:
+    """Drops the lab's cached factories (``functools.lru_cache``) and JAX's caches: this process then holds no
+    compiled program, and the next use of one traces it again (and loads it from the session's disk cache)."""
     import functools
     import gc
     import sys
@@ -72,6 +92,26 @@ def _release_compiled_programs():
                     value.cache_clear()
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After a test module that leaves the process holding many memory mappings (``_MAPS_KEPT``; where they
+    cannot be counted, after every module), ``release_compiled_programs``. Within a process the lab keeps every
+    compiled program it may reuse (``functools.lru_cache`` factories); over a whole suite of distinct families
+    and optimizers those would pile up until XLA:CPU cannot map more code (each executable holds several memory
+    mappings, and the kernel caps a process at ``vm.max_map_count``) and aborts mid-compile."""
+    yield
+    maps = _memory_maps()
+    if maps is None or maps >= _MAPS_KEPT:
+        release_compiled_programs()
+    # else room is left: the next modules reuse what this one compiled, without tracing or loading it again
+
+
+@pytest.fixture
+def fresh_programs():
+    """A test that counts the programs it compiles starts from none (what earlier modules compiled is kept)."""
+    release_compiled_programs()
 
 
 @pytest.fixture

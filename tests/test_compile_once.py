@@ -149,7 +149,7 @@ def test_shifts_that_change_only_traced_numbers_share_one_program():
     np.testing.assert_allclose(cue.base, train.base, rtol=1e-6)  # sgd reads no cue
 
 
-def test_rollouts_of_several_horizons_and_step_multipliers_share_one_program_and_equal_one_scan():
+def test_rollouts_of_several_horizons_and_step_multipliers_share_one_program_and_equal_one_scan(fresh_programs):
     """``record`` runs a rollout in pieces of the family's horizon, each from the state the last ended in, with
     the step multiplier an argument: once one length has run, 4 × the horizon and doubled steps lower nothing
     but the step keys of the new length; and the pieces give the numbers of one unbroken ``lab.rollout.unroll``
