@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -87,15 +85,14 @@ def test_the_shipped_calibration_sets_the_fitted_thresholds():
     assert table["source"]["split"] == "calibration"
 
 
-def test_calibrate_refuses_a_test_split_benchmark(tmp_path):
+def test_calibrate_refuses_a_test_split_benchmark(tmp_path, script_error):
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "benchmark.json").write_text(json.dumps({"split": "test", "seed": 0, "cases": 0, "entries": []}))
     (bench / "reports.pkl").write_bytes(pickle.dumps({}))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate.py"), str(bench), "--out",
-                           str(tmp_path / "c.json")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "fit only on the calibration split" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()
+    code, stderr = script_error("calibrate", str(bench), "--out", str(tmp_path / "c.json"))
+    assert code == 2 and "fit only on the calibration split" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()
 
 
 def test_no_case_is_decided_out_of_fold_by_thresholds_fitted_on_itself(monkeypatch):
@@ -124,7 +121,7 @@ def test_no_case_is_decided_out_of_fold_by_thresholds_fitted_on_itself(monkeypat
         assert {c.expected for c, f in zip(cases, folds) if f == k} == {f"class{j}" for j in range(5)}
 
 
-def test_calibrate_refuses_the_same_seed_twice(tmp_path):
+def test_calibrate_refuses_the_same_seed_twice(tmp_path, script_error):
     folders = []
     for name in ("a", "b"):
         bench = tmp_path / name
@@ -133,7 +130,6 @@ def test_calibrate_refuses_the_same_seed_twice(tmp_path):
                                                           "entries": []}))
         (bench / "reports.pkl").write_bytes(pickle.dumps({}))
         folders.append(str(bench))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "calibrate.py"), *folders, "--out",
-                           str(tmp_path / "c.json")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "seed 4 is given twice" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()
+    code, stderr = script_error("calibrate", *folders, "--out", str(tmp_path / "c.json"))
+    assert code == 2 and "seed 4 is given twice" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "c.json").exists()

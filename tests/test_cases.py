@@ -165,10 +165,10 @@ def test_scores_on_known_entries():
     (["--split", "test", "--cases", "0", "--out", "x"], "--cases"),
     (["--split", "test"], "--out"),
 ])
-def test_benchmark_refuses_bad_input_in_one_line(tmp_path, argv, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *argv], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_benchmark_refuses_bad_input_in_one_line(tmp_path, argv, message, script_error, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stderr = script_error("benchmark", *argv)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
 
 

@@ -156,7 +156,7 @@ def test_the_family_meta_training_defaults():
     assert "eval_horizons" not in MetaConfig().to_json()  # other families' config.json (and hashes) as before
 
 
-def test_train_script_takes_the_family_defaults_unless_a_flag_is_given(tmp_path):
+def test_train_script_takes_the_family_defaults_unless_a_flag_is_given(tmp_path, script_error):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import train as script
@@ -169,9 +169,9 @@ def test_train_script_takes_the_family_defaults_unless_a_flag_is_given(tmp_path)
     assert config.tasks == 8 and config.eval_horizons == (2,)
     config, *_ = script.parse(["--family", "quadratic", "--out", str(tmp_path / "r")])
     assert config == MetaConfig(family="quadratic")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--family", "digits_mlp",
-                           "--eval-shifts", "sideways", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown eval shift 'sideways'" in proc.stderr
+    code, stderr = script_error("train", "--family", "digits_mlp", "--eval-shifts", "sideways", "--out",
+                                str(tmp_path / "bad"))
+    assert code == 2 and stderr.count("\n") == 1 and "unknown eval shift 'sideways'" in stderr
     assert not (tmp_path / "bad").exists()
 
 

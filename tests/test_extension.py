@@ -284,9 +284,11 @@ def test_module_class_specs_register_once_and_bad_ones_are_one_line(registry, tm
 @pytest.mark.parametrize("script, extra", [("train.py", ["--out", "OUT"]), ("probe.py", ["--optimizer", "planted:gd",
                                                                                       "--out", "OUT"]),
                                            ("zoo.py", ["--planted", "none", "--no-incontext", "--out", "OUT"])])
-def test_every_script_refuses_a_bad_family_spec_in_one_line(tmp_path, script, extra):
+def test_every_script_refuses_a_bad_family_spec_in_one_line(tmp_path, script, extra, script_error):
     args = [str(tmp_path / "out") if a == "OUT" else a for a in extra]
-    _one_line_exit_2(_script(script, "--family", "no_such_module:Fam", *args), "cannot import 'no_such_module'")
+    code, stderr = script_error(script.removesuffix(".py"), "--family", "no_such_module:Fam", *args)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert "cannot import 'no_such_module'" in stderr, stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -308,9 +310,10 @@ def test_features_are_a_config_field_that_default_runs_leave_out():
             dataclasses.replace(chosen, features=features).validate()
 
 
-def test_train_script_refuses_bad_features_in_one_line(tmp_path):
-    result = _script("train.py", "--family", "wipes", "--features", "grad,grad:vacuum", "--out", str(tmp_path / "r"))
-    _one_line_exit_2(result, "feature 'grad:vacuum' reads channel 'vacuum'")
+def test_train_script_refuses_bad_features_in_one_line(tmp_path, script_error):
+    code, stderr = script_error("train", "--family", "wipes", "--features", "grad,grad:vacuum", "--out",
+                                str(tmp_path / "r"))
+    assert code == 2 and stderr.count("\n") == 1 and "feature 'grad:vacuum' reads channel 'vacuum'" in stderr, stderr
     assert not (tmp_path / "r").exists()
 
 
