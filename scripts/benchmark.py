@@ -48,7 +48,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     from lab import runs
-    from probes.zoo.jobs import WorkerDied
+    from probes.zoo.workers import WorkerDied
 
     try:
         with runs.lock_report(args.out):  # one writer per folder; a second is refused in one line
@@ -68,14 +68,14 @@ def _run(args) -> int:
     from lab.io import commit_files, dumps, recover_commits
     from probes import report
     from probes.zoo import cases
-    from probes.zoo import jobs as zoo
+    from probes.zoo import jobs as zoo, workers as pool
     from probes.zoo.score import calibration_error, score
 
     recover_commits(args.out)
     console = report.log_console()
     start = time.time()
     names = [f"{args.split}-{args.seed}-{i}" for i in range(args.cases)]
-    workers = args.jobs or zoo.default_workers()
+    workers = args.jobs or pool.default_workers()
     console.print(f"{len(names)} {args.split} cases (seed {args.seed}) on {workers} worker "
                   f"process{'es' if workers > 1 else ''}")
     bars = report.progress(console=console)
@@ -89,7 +89,7 @@ def _run(args) -> int:
         bars.advance(bar)
 
     with bars:  # cases of one world structure to one worker, which compiles its programs once
-        results = zoo.run_jobs([(zoo.case_job, (name, args.tasks)) for name in names], workers, done,
+        results = pool.run_jobs([(zoo.case_job, (name, args.tasks)) for name in names], workers, done,
                                jobs_per_worker=CASES_PER_WORKER, groups=[cases.likely_structure(n) for n in names])
     entries = [entry for entry, _, _ in results]
     # Every case's reports, the input of the calibration fit (probes.calibration), which re-reads them.

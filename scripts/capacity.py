@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from lab.io import commit_files, dumps, recover_commits
     from lab.runs import RunError
     from probes.zoo import capacity as C
-    from probes.zoo.jobs import WorkerDied, default_workers
+    from probes.zoo.workers import WorkerDied, default_workers
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     start = time.perf_counter()

@@ -95,7 +95,8 @@ def load_optimizer(spec: str, family_name: str | None):
 def _zoo(args, console) -> int:
     """``--zoo planted``: every member (or ``--members``) on every seed, a bar over the audits, ``zoo.json``."""
     from probes import report
-    from probes.zoo.jobs import audit_planted, check_names, default_workers, zoo_names
+    from probes.zoo.jobs import audit_planted, check_names, zoo_names
+    from probes.zoo.workers import default_workers
 
     names = check_names(n.strip() for n in args.members.split(",") if n.strip()) if args.members else zoo_names()
     with report.progress() as bars:
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     from lab.io import clean_folder_leftovers, unit_folder_problem
     from probes.subject import Subject, get_probe
     from probes.verdict import audit
-    from probes.zoo.jobs import WorkerDied
+    from probes.zoo.workers import WorkerDied
 
     console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:

@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     from lab.meta.run import RunError
     from probes import report
     from probes.zoo import jobs as zoo, scenarios
+    from probes.zoo.workers import WorkerDied
 
     console = report.log_console()  # as wide as its tables when output is a log, not a terminal
     try:
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     except (RunError, OSError) as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    except zoo.WorkerDied as e:  # not bad input: exit 1; the folder's zoo.json and report.html are as they were
+    except WorkerDied as e:  # not bad input: exit 1; the folder's zoo.json and report.html are as they were
         print(f"zoo.py: error: {e}", file=sys.stderr)
         return 1
 
@@ -106,7 +107,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
     from lab.io import commit_files, dumps
     from lab.meta.run import RunError
     from probes import report
-    from probes.zoo import jobs as zoo, scenarios
+    from probes.zoo import jobs as zoo, scenarios, workers as pool
 
     start = time.time()
     # Every job draws its own section of the page (zoo.Rendered): in the worker processes, side by side.
@@ -125,7 +126,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
     # The in-context jobs start first: each is the zoo's longest (a training, then an audit of 2,048 tasks), and one
     # started last kept a worker busy while the other had nothing left. The page lists the jobs in their order.
     order = [*incontext_jobs, *(i for i in range(len(jobs)) if i not in incontext_jobs)]
-    workers = args.jobs or zoo.default_workers()
+    workers = args.jobs or pool.default_workers()
     console.print(f"{len(jobs)} jobs: {(len(learned) + len(own)) * args.seeds} learned scenarios (meta-trained, or "
                   f"reused from {args.out / 'runs'}){', the in-context models' if args.incontext else ''} and "
                   f"{len(planted)} planted members, on {workers} worker process{'es' if workers > 1 else ''}")
@@ -143,7 +144,7 @@ def _run(args, console, learned: list[str], planted: list[str], own: dict) -> in
 
     try:
         with bars:
-            ran = zoo.run_jobs([jobs[i] for i in order], workers, done)
+            ran = pool.run_jobs([jobs[i] for i in order], workers, done)
     except RunError as e:
         print(f"zoo.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

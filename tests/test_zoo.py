@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from probes.zoo import jobs as zoo, scenarios
+from probes.zoo import jobs as zoo, scenarios, workers
 from probes.zoo.entry import Entry
 from probes.zoo.scenarios import Scenario
 
@@ -120,24 +120,24 @@ def test_label_distribution_counts_labels_and_held_hypotheses():
 def test_run_jobs_returns_results_in_job_order_in_process_and_in_workers():
     jobs = [(pow, (2, k)) for k in range(5)]
     seen = []
-    assert zoo.run_jobs(jobs, 1, lambda i, r: seen.append(i)) == [1, 2, 4, 8, 16] and seen == list(range(5))
-    assert zoo.run_jobs(jobs, 2) == [1, 2, 4, 8, 16]
+    assert workers.run_jobs(jobs, 1, lambda i, r: seen.append(i)) == [1, 2, 4, 8, 16] and seen == list(range(5))
+    assert workers.run_jobs(jobs, 2) == [1, 2, 4, 8, 16]
 
 
 def test_run_jobs_replaces_a_worker_after_its_share_of_jobs():
     import os
 
-    pids = zoo.run_jobs([(os.getpid, ())] * 4, 1, jobs_per_worker=2)
+    pids = workers.run_jobs([(os.getpid, ())] * 4, 1, jobs_per_worker=2)
     assert os.getpid() not in pids and len(set(pids)) == 2 and pids[0] == pids[1] != pids[2] == pids[3]
 
 
 def test_the_schedule_keeps_a_worker_on_its_group_and_then_takes_the_largest_free_one():
-    schedule = zoo.Schedule(["a", "b", "a", "b", "c", "c", "c"], 2)
+    schedule = workers.Schedule(["a", "b", "a", "b", "c", "c", "c"], 2)
     assert [schedule.next(0), schedule.next(1)] == [4, 0]   # the largest group first (c), then a
     assert [schedule.next(1), schedule.next(1)] == [2, 1]   # a again; a is done, so b (c is taken)
     assert [schedule.next(0), schedule.next(0)] == [5, 6]   # c to its end
     assert [schedule.next(0), schedule.next(1)] == [3, None]  # every group left is taken: it helps with b
-    plain = zoo.Schedule([None] * 3, 2)   # no groups: the jobs' order
+    plain = workers.Schedule([None] * 3, 2)   # no groups: the jobs' order
     assert [plain.next(1), plain.next(0), plain.next(1), plain.next(0)] == [0, 1, 2, None]
 
 
@@ -146,8 +146,8 @@ def test_the_planted_zoo_keeps_each_members_seeds_on_one_worker(monkeypatch):
     compiles once) instead of two workers starting the same member's first seeds together."""
     ran = {0: [], 1: []}
 
-    def scheduled(jobs, workers, on_done=None, groups=None):  # run_jobs's order of work, without processes
-        schedule = zoo.Schedule(groups if groups is not None else [None] * len(jobs), workers)
+    def scheduled(jobs, count, on_done=None, groups=None):  # run_jobs's order of work, without processes
+        schedule = workers.Schedule(groups if groups is not None else [None] * len(jobs), count)
         for _ in jobs:
             worker = min(ran, key=lambda w: len(ran[w]))
             ran[worker].append(jobs[schedule.next(worker)][1][:2])
@@ -160,21 +160,21 @@ def test_the_planted_zoo_keeps_each_members_seeds_on_one_worker(monkeypatch):
 
 def test_run_jobs_with_groups_returns_results_in_job_order():
     jobs = [(pow, (2, k)) for k in range(6)]
-    assert zoo.run_jobs(jobs, 2, groups=["a", "b", "a", "b", "c", "c"]) == [1, 2, 4, 8, 16, 32]
+    assert workers.run_jobs(jobs, 2, groups=["a", "b", "a", "b", "c", "c"]) == [1, 2, 4, 8, 16, 32]
 
 
 def test_run_jobs_names_the_job_whose_worker_died():
-    with pytest.raises(zoo.WorkerDied, match=r"^a worker process died running job 2 of 3 \(abort\), most often .*"
+    with pytest.raises(workers.WorkerDied, match=r"^a worker process died running job 2 of 3 \(abort\), most often .*"
                                              r"out of memory") as caught:
-        zoo.run_jobs([(pow, (2, 1)), (os.abort, ()), (pow, (2, 3))], 1, jobs_per_worker=1)
+        workers.run_jobs([(pow, (2, 1)), (os.abort, ()), (pow, (2, 3))], 1, jobs_per_worker=1)
     assert "\n" not in str(caught.value)
 
 
 PARENT = """
 import os, sys, time
-from probes.zoo import jobs
+from probes.zoo import workers
 print(os.getpid(), flush=True)
-jobs.run_jobs([(time.sleep, (600,))] * 2, 2)
+workers.run_jobs([(time.sleep, (600,))] * 2, 2)
 """
 
 
@@ -231,9 +231,9 @@ def test_zoo_script_ends_in_one_line_and_keeps_its_files_when_a_worker_dies(tmp_
     message = "a worker process died running job 1 of 2 (learned_job of 'quadratic'), most often ..."
 
     def dies(*args, **kwargs):
-        raise zoo.WorkerDied(message)
+        raise workers.WorkerDied(message)
 
-    monkeypatch.setattr(zoo, "run_jobs", dies)
+    monkeypatch.setattr(workers, "run_jobs", dies)
     code, err = script_error("zoo", "--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext",
                              "--out", str(tmp_path))
     assert code == 1 and err.strip().splitlines() == [f"zoo.py: error: {message}"]

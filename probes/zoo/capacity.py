@@ -133,7 +133,7 @@ def sweep(config: SweepConfig, root: Path | str, workers: int = 1,
           on_member: Callable[[dict], None] | None = None) -> dict:
     """Every member trained (or reused) under ``root/runs/`` and audited, in ``workers`` processes; returns the
     record ``capacity.json`` holds (``summarize``). ``on_member(numbers)`` is called as each finishes."""
-    from probes.zoo.jobs import run_jobs
+    from probes.zoo.workers import run_jobs
 
     started = time.perf_counter()
     jobs = [(member_job, (h, s, str(root), config.meta_steps, config.audit_tasks))
