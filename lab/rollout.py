@@ -47,10 +47,19 @@ def observe(family: TaskFamily, optimizer: Optimizer, params: Params, task: Task
     return obs
 
 
+def strongly_typed(tree):
+    """``tree`` with every weakly typed array (one made from a Python number, as ``jnp.full(shape, 0.5)`` or
+    optax's zero states are) strongly typed, as a ``lax.scan`` returns its carry. A program that takes a weakly
+    typed start and then its own strongly typed output is traced and compiled twice, once for each."""
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if getattr(x, "weak_type", False) else x,
+                        tree)
+
+
 def start(family: TaskFamily, optimizer: Optimizer | None, key: jax.Array, task: Task | None = None) -> InnerState:
-    """A fresh task (drawn from ``key`` unless given) at fresh parameters, step 0. ``optimizer`` ``None`` leaves
-    the optimizer state empty (``()``), for a caller that starts one family's tasks for several optimizers and
-    adds each one's ``init(params)`` itself (``probes.trace``)."""
+    """A fresh task (drawn from ``key`` unless given) at fresh parameters, step 0, strongly typed (a family's
+    ``init`` may build its parameters from Python numbers). ``optimizer`` ``None`` leaves the optimizer state
+    empty (``()``), for a caller that starts one family's tasks for several optimizers and adds each one's
+    ``init(params)`` itself (``probes.trace``)."""
     k_task, k_init = jax.random.split(key)
     task = family.sample(k_task) if task is None else task
     params = family.init(k_init, task)
@@ -58,7 +67,7 @@ def start(family: TaskFamily, optimizer: Optimizer | None, key: jax.Array, task:
     floor = jnp.zeros([]) if minimum is None else jnp.asarray(minimum, jnp.float32)
     base0 = family.base_value(params, task) - floor
     opt_state = () if optimizer is None else optimizer.init(params)
-    return InnerState(params, opt_state, task, jnp.zeros([], jnp.int32), base0, floor)
+    return strongly_typed(InnerState(params, opt_state, task, jnp.zeros([], jnp.int32), base0, floor))
 
 
 def step(family: TaskFamily, optimizer: Optimizer, state: InnerState, key: jax.Array) -> tuple[InnerState, StepRecord]:

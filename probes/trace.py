@@ -89,12 +89,6 @@ def scale_updates(optimizer: Optimizer, multiplier: jax.Array | float) -> Optimi
     return optimizer._replace(update=update)
 
 
-def _strong(tree):
-    """``tree`` strongly typed, as a scan returns its carry: a weakly typed start (optax's zero states) would make
-    the first piece's program another one than the later pieces'."""
-    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype) if x.aval.weak_type else x, tree)
-
-
 @functools.lru_cache(maxsize=None)
 def _starter(skeleton: TaskFamily):
     """The jitted ``(task keys, family numbers) -> (start states without an optimizer state, quantities at θ_0, run
@@ -105,7 +99,7 @@ def _starter(skeleton: TaskFamily):
         family = rebuilt(skeleton, numbers)
         k_start, k_run = jax.random.split(k)
         state = rollout.start(family, None, k_start)
-        return _strong(state), family.quantities(state.params, state.task), k_run
+        return state, family.quantities(state.params, state.task), k_run
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
@@ -113,8 +107,10 @@ def _starter(skeleton: TaskFamily):
 @functools.lru_cache(maxsize=None)
 def _initial(optimizer: Optimizer | None, make: Callable | None):
     """The jitted ``(parameters, args) -> optimizer states`` (``init``) of ``record``, per optimizer or ``make``."""
-    return jax.jit(jax.vmap(lambda params, args: _strong(built(optimizer, make, args).init(params)),
-                            in_axes=(0, None)))
+    def init(params, args):
+        return rollout.strongly_typed(built(optimizer, make, args).init(params))
+
+    return jax.jit(jax.vmap(init, in_axes=(0, None)))
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -102,6 +102,43 @@ def test_a_run_of_another_seed_and_length_compiles_nothing_new(tmp_path):
     assert second["eval"]["lopt_base"] != first["eval"]["lopt_base"]
 
 
+def test_a_family_that_starts_from_python_numbers_compiles_its_meta_step_once(tmp_path, monkeypatch):
+    """A family whose ``init`` builds its parameters from a Python number (``jnp.full(shape, 0.5)``: a weakly
+    typed array) starts strongly typed (``lab.rollout.start``), so the meta-step that takes the start state and
+    then its own output is one program. Before, the first meta-step was traced and compiled for the weak start
+    and the second for the strong state it returned: every run of such a family compiled its meta-step twice."""
+    import dataclasses
+
+    from lab import families
+    from lab.families.quadratic import Quadratic
+    from lab.meta.run import train
+    from lab.meta.train import MetaConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class WeakStart(Quadratic):
+        name = "test_weak_start"
+
+        def init(self, key, task):
+            del key, task
+            return {"x": jnp.full((self.dim,), 0.5)}
+
+    assert WeakStart().init(None, None)["x"].weak_type  # the trap this test sets
+    monkeypatch.setitem(families._REGISTRY, WeakStart.name, WeakStart)
+    lowered = []
+
+    def listener(event, duration, **kwargs):
+        if event == LOWERED and kwargs.get("fun_name") == "jit(meta_step)":
+            lowered.append(kwargs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        train(MetaConfig(family=WeakStart.name, meta_steps=3, tasks=4, truncation=3, hidden=8, eval_tasks=4),
+              tmp_path / "run")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(lowered) == 1
+
+
 def test_audits_of_two_runs_of_one_architecture_share_their_programs(tmp_path):
     """A trained optimizer is audited as a ``Parametric`` (``lab.load.load``): the probes' programs take its
     meta-parameters as an argument, so auditing a second run of the same architecture (another seed) compiles
