@@ -29,12 +29,13 @@ SEED_MAX = 2 ** 63 - 1  # jax.random.key takes a signed 64-bit seed; beyond it, 
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after every flag's help (unless the help already says what the default is, or the flag
-    is required); the description and epilog keep their line breaks."""
+    """Defaults shown after every option's help (unless the help already says what the default is, the option
+    is required, or it is a switch that takes no value: its default is its absence, and "--no-incontext (default:
+    True)" would read as the opposite); the description and epilog keep their line breaks."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.required or "default" in text.lower():
+        if action.required or action.nargs == 0 or "default" in text.lower():
             return text
         return super()._get_help_string(action)
 

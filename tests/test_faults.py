@@ -550,6 +550,8 @@ def test_every_flag_has_help_with_its_default_and_probe_help_lists_members_and_p
             assert action.help, (parser.prog, action.option_strings)
         text = parser.format_help()
         assert "(default:" in text, parser.prog
+        # a switch's default is its absence: no "--no-incontext ... (default: True)"
+        assert "(default: True)" not in text and "(default: False)" not in text, parser.prog
     with pytest.raises(SystemExit):
         _module("probe").parse(["--help"])
     text = capsys.readouterr().out
