@@ -69,6 +69,7 @@ def test_audit_with_another_seed_compiles_nothing_new(first_audit):
     assert other.reports["competence"].change != verdict.reports["competence"].change
 
 
+@pytest.mark.first
 def test_second_audit_of_an_in_context_learner_compiles_nothing_new():
     """GD++ written out as an in-context learner, with the family's own probes (their reference programs are
     made once per family and constants, not per call)."""
@@ -102,41 +103,31 @@ def test_a_run_of_another_seed_and_length_compiles_nothing_new(tmp_path):
     assert second["eval"]["lopt_base"] != first["eval"]["lopt_base"]
 
 
-def test_a_family_that_starts_from_python_numbers_compiles_its_meta_step_once(tmp_path, monkeypatch):
+def test_a_family_that_starts_from_python_numbers_compiles_its_meta_step_once():
     """A family whose ``init`` builds its parameters from a Python number (``jnp.full(shape, 0.5)``: a weakly
     typed array) starts strongly typed (``lab.rollout.start``), so the meta-step that takes the start state and
-    then its own output is one program. Before, the first meta-step was traced and compiled for the weak start
-    and the second for the strong state it returned: every run of such a family compiled its meta-step twice."""
+    then its own output is one program. Before, it was traced and compiled for the weak start and again for the
+    strong states it returned: every run of such a family (crumbs, drawn) compiled its meta-step three times."""
     import dataclasses
 
-    from lab import families
     from lab.families.quadratic import Quadratic
-    from lab.meta.run import train
-    from lab.meta.train import MetaConfig
+    from lab.meta.train import MetaConfig, init_state, make_meta_step
 
     @dataclasses.dataclass(frozen=True)
     class WeakStart(Quadratic):
-        name = "test_weak_start"
-
         def init(self, key, task):
             del key, task
             return {"x": jnp.full((self.dim,), 0.5)}
 
-    assert WeakStart().init(None, None)["x"].weak_type  # the trap this test sets
-    monkeypatch.setitem(families._REGISTRY, WeakStart.name, WeakStart)
-    lowered = []
-
-    def listener(event, duration, **kwargs):
-        if event == LOWERED and kwargs.get("fun_name") == "jit(meta_step)":
-            lowered.append(kwargs)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        train(MetaConfig(family=WeakStart.name, meta_steps=3, tasks=4, truncation=3, hidden=8, eval_tasks=4),
-              tmp_path / "run")
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert len(lowered) == 1
+    family = WeakStart()
+    assert family.init(None, None)["x"].weak_type  # the trap this test sets
+    config = MetaConfig(tasks=4, truncation=3, hidden=8)
+    meta_step = jax.jit(make_meta_step(config, family))
+    state = init_state(config, family)
+    with counting() as counts:
+        for _ in range(3):
+            state, _ = meta_step(state)
+    assert counts[LOWERED] == 1
 
 
 def test_audits_of_two_runs_of_one_architecture_share_their_programs(tmp_path):
