@@ -185,6 +185,7 @@ def test_benchmark_writes_its_record_and_page(tmp_path):
     assert "reliability diagram" in (out / "report.html").read_text()
 
 
+@pytest.mark.first
 def test_cases_on_worlds_of_one_structure_share_their_programs_and_are_decided_right():
     """A sample of the benchmark in the default suite: three calibration cases on worlds of one structure (one
     block of 4, a lever, horizon 45) with different answers. The first compiles the audit's programs; the

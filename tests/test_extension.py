@@ -194,6 +194,7 @@ def test_descend_mixture_descends_the_weighted_mixture_in_closed_form(key):
 
 
 # --- 3. not candidates, 4. module:Class round trip, 6. the worked example ---------------------------------
+@pytest.mark.first
 def test_the_worked_example_from_outside_the_package(tmp_path):
     """The README's commands: a family in its own module, meta-trained with train.py --family MODULE:CLASS and
     audited with probe.py in a fresh process that registers it again; its intermediate quantities appear in no

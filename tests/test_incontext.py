@@ -202,6 +202,7 @@ def test_implied_parameters_recovered_from_planted_learners():
     assert gd.eta == pytest.approx(4.0, rel=1e-3) and gd.eta_fit_rms < 1e-3
 
 
+@pytest.mark.first
 def test_verdicts_on_planted_learners():
     fam = ICLFamily()
     eta, _ = R.gd1_optimum(fam)
@@ -302,6 +303,7 @@ def test_script_bad_argument_as_a_user_runs_it(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.first
 def test_script_writes_a_run_folder_that_probe_py_audits(tmp_path):
     icl = script()
     run = tmp_path / "run"

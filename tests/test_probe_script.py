@@ -19,6 +19,7 @@ def _run(script, *args):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.first
 def test_probe_a_planted_member_writes_json_html_and_a_table(tmp_path):
     result = _run("probe.py", "--optimizer", "planted:gd_vacuum", "--tasks", "8", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -30,6 +31,7 @@ def test_probe_a_planted_member_writes_json_html_and_a_table(tmp_path):
     assert "proxy_instrumental" in result.stdout
 
 
+@pytest.mark.first
 def test_probe_a_training_run(tmp_path):
     train(MetaConfig(meta_steps=4, tasks=4, truncation=3, hidden=8, eval_tasks=8), tmp_path / "run")
     result = _run("probe.py", "--optimizer", str(tmp_path / "run"), "--tasks", "8", "--out", str(tmp_path / "rep"))
@@ -38,6 +40,7 @@ def test_probe_a_training_run(tmp_path):
     assert record["family"] == "quadratic" and record["label"]
 
 
+@pytest.mark.first
 def test_zoo_mode_writes_zoo_json(tmp_path):
     result = _run("probe.py", "--zoo", "planted", "--members", "gd_target,cue_conditional", "--seeds", "2",
                   "--tasks", "8", "--out", str(tmp_path))

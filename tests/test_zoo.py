@@ -240,6 +240,7 @@ def test_zoo_script_ends_in_one_line_and_keeps_its_files_when_a_worker_dies(tmp_
     assert (tmp_path / "zoo.json").read_text() == "{}\n" and not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.first
 def test_zoo_script_trains_audits_and_writes_json_and_html(tmp_path):
     result = _zoo("--quick", "--scenarios", "quadratic", "--planted", "gd", "--no-incontext", "--jobs", "2", "--tasks", "16",
                   "--out", str(tmp_path))
