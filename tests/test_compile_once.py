@@ -205,7 +205,8 @@ def test_rollouts_of_several_horizons_and_step_multipliers_share_one_program_and
         return jax.vmap(one)(keys)[family.base]
 
     keys = jax.random.split(key, 4)
-    np.testing.assert_allclose(pieces.base[:, 1:], one_scan(keys, 0.05), rtol=1e-6)
+    # (to float32 rounding: the two are different programs, which XLA may fuse and round differently)
+    np.testing.assert_allclose(pieces.base[:, 1:], one_scan(keys, 0.05), rtol=1e-5, atol=1e-7)
     # Momentum's update is its learning rate times its trace, so doubled steps are momentum at 2 × 0.05 (up to
     # where XLA rounds the product).
     np.testing.assert_allclose(doubled.base[:, 1:], one_scan(keys, 0.1), rtol=1e-5, atol=1e-7)
