@@ -68,9 +68,9 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``first`` (ten seconds or more each) run before the others: the workers then end the suite
-    on short tests, together, instead of one of them running a long test alone while the others wait. pytest-xdist
-    hands out tests in this order (each worker sorts its identical collection the same way)."""
+    """Tests marked ``first`` (the longest, about ten seconds each) run before the others: the workers then end
+    the suite on short tests, together, instead of one of them running a long test alone while the others wait.
+    pytest-xdist hands out tests in this order (each worker sorts its identical collection the same way)."""
     items.sort(key=lambda item: item.get_closest_marker("first") is None)  # stable: otherwise collection order
 
 
