@@ -120,6 +120,22 @@ def test_heavy_ball_fit_and_polyak_closed_forms():
     assert alpha == pytest.approx(4 / 1.1 ** 2) and beta == pytest.approx((9 / 11) ** 2)
 
 
+def test_scores_take_a_parametric_optimizer_as_a_trained_run_loads():
+    """``lab.load.load`` returns a trained run as a ``Parametric`` whose arguments are its meta-parameters (a dict
+    of arrays): the experiment script scores it as it is, with the numbers of the same optimizer scored as a grid
+    row of its ``make``. (It raised ``unhashable type: 'dict'``.)"""
+    from lab.optimizers.base import Parametric
+
+    family, key = families.make("quadratic"), jax.random.key(0)
+    row = np.array([[0.05, 0.8]], np.float32)
+    as_row = dyn.scores(family, dyn.heavy_ball, key, 4, row)
+    trained_like = Parametric(lambda meta: dyn.heavy_ball(meta["lr_beta"]), {"lr_beta": jnp.asarray(row[0])})
+    as_parametric = dyn.scores(family, trained_like, key, 4)
+    for got, want in zip(as_parametric, as_row):
+        assert got.shape == want.shape == (1, 4)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_experiment_script(tmp_path):
     """The issue's experiment, short: both learned optimizers meta-trained, probed and set against the grid-tuned

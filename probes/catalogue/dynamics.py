@@ -53,7 +53,7 @@ from jax.flatten_util import ravel_pytree
 import optax
 
 from lab import rollout
-from lab.optimizers.base import Optimizer
+from lab.optimizers.base import Optimizer, program_parts
 from lab.optimizers.handwritten import from_optax
 from probes.report import draw
 from probes.report.draw import fmt
@@ -348,15 +348,18 @@ def _scores_fn(family, optimizer, make, tasks: int, clip: float):
     return jax.jit(grid)
 
 
-def scores(family, optimizer_or_make, key: jax.Array, tasks: int, args=None, clip: float = 3.0):
-    """Per grid point (rows of ``args``) and task: (meta-objective, final excess base) of ``make(args_row)``, or
-    of one ``Optimizer`` (``args`` ``None``: one row). Tasks come from ``key``."""
+def scores(family, optimizer, key: jax.Array, tasks: int, args=None, clip: float = 3.0):
+    """Per grid point (rows of ``args``) and task: (meta-objective, final excess base) of ``make(args_row)``
+    (``optimizer`` is then the ``make``), or of one optimizer (``args`` ``None``: one row), an ``Optimizer`` or a
+    ``Parametric`` such as a trained run that ``lab.load.load`` returns. Tasks come from ``key``."""
     if args is None:
-        fn = _scores_fn(family, optimizer_or_make, None, tasks, clip)
-        args = jnp.zeros((1, 1))
+        plain, make, own = program_parts(optimizer)
+        fn = _scores_fn(family, plain, make, tasks, clip)
+        rows = jnp.zeros((1, 1)) if make is None else jax.tree.map(lambda x: jnp.asarray(x)[None], own)
     else:
-        fn = _scores_fn(family, None, optimizer_or_make, tasks, clip)
-    meta, excess = fn(key, jnp.asarray(args, jnp.float32))
+        fn = _scores_fn(family, None, optimizer, tasks, clip)
+        rows = jnp.asarray(args, jnp.float32)
+    meta, excess = fn(key, rows)
     return np.asarray(meta), np.asarray(excess)
 
 
