@@ -6,16 +6,19 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the suite must not depend on an accelerator
-# The suite checks behaviour, not speed, and most of its time is XLA compiling programs that then run once on a
-# few tasks. So it compiles them the quick way, in this process and in the scripts it starts (they inherit the
-# environment); each program then runs slower, and its last bits differ from the default's, on which no test may
-# depend. Both on 2 cores, every test passing:
+# The default suite checks behaviour, not speed, and most of its time is XLA compiling programs that then run once
+# on a few tasks. So it compiles them the quick way, in this process and in the scripts it starts (they inherit
+# the environment); each program then runs slower, and its last bits differ from the default's, on which no test
+# may depend. Both on 2 cores, every test passing:
 # - XLA's backend optimisation level 0 (LLVM's): the whole suite 0.79x the time (459 s -> 362 s);
 # - XLA:CPU's older fusion emitters instead of the MLIR ones jax 0.10 uses by default: they compile in about half
-#   the time; the whole suite a further 0.78x (322 s -> 251 s). Set only for the jaxlib versions known to have
+#   the time; the whole suite a further 0.79x (322 s -> 255 s). Set only for the jaxlib versions known to have
 #   the flag: XLA aborts the process on a flag it does not know.
-# A flag named in the caller's own XLA_FLAGS is kept: XLA_FLAGS="--xla_backend_optimization_level=3
-# --xla_cpu_use_fusion_emitters=true" runs the suite as users' commands compile.
+# The slow tests are the other way round (full trainings: mostly running), so a selection of them (-m slow)
+# compiles as users' commands do. A flag named in the caller's own XLA_FLAGS is kept either way:
+# XLA_FLAGS="--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true" runs the default suite as
+# users' commands compile. (Set in pytest_configure, after the options are read and before any computation
+# starts XLA's backend or pytest-xdist starts the workers that inherit it.)
 def _quick_compile_flags(caller: str) -> str:
     """``caller`` (the XLA_FLAGS this process was given) with the suite's quick-compile flags it does not name."""
     from importlib import metadata
@@ -31,7 +34,12 @@ def _quick_compile_flags(caller: str) -> str:
     return " ".join([caller, *added]).strip()
 
 
-os.environ["XLA_FLAGS"] = _quick_compile_flags(os.environ.get("XLA_FLAGS", ""))
+def pytest_configure(config):
+    """The quick-compile flags (``_quick_compile_flags``) unless the mark expression selects slow tests."""
+    if "slow" not in (config.getoption("markexpr") or "").replace("not slow", ""):
+        os.environ["XLA_FLAGS"] = _quick_compile_flags(os.environ.get("XLA_FLAGS", ""))
+
+
 # One persistent compilation cache for the session, as a user's commands share theirs: scripts run in child
 # processes (as a user runs them) and this process both use it. A worker drops its compiled programs once it
 # holds many (``_release_compiled_programs``), and a later module that needs one of them loads it from disk
